@@ -1,0 +1,179 @@
+"""The two twins, driven by the same random operations, must leave every byte of guest memory identical and
+return the same values and raise the same errors — including when the other side writes garbage."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vring import Feature
+
+from conftest import twin_module
+from ringkit import BASE, DATA, MEM_SIZE, make_pair
+
+SEG = st.tuples(st.integers(0, 0x7000), st.integers(1, 0x900))  # (offset into the data area, length)
+OPS = st.one_of(
+    st.tuples(st.just("add"), st.lists(SEG, max_size=3), st.lists(SEG, max_size=3), st.booleans()),
+    st.tuples(st.just("add_many"), st.integers(1, 8), st.integers(1, 3), st.integers(0, 7)),
+    st.tuples(st.just("kick")),
+    st.tuples(st.just("pop"), st.integers(1, 8)),
+    st.tuples(st.just("push"), st.integers(0, 64), st.floats(0, 1)),
+    st.tuples(st.just("push_many"), st.integers(1, 8)),
+    st.tuples(st.just("notify")),
+    st.tuples(st.just("reap"), st.sampled_from(["pop_used", "get_used", "into"])),
+    st.tuples(st.just("interrupts"), st.booleans()),
+    st.tuples(st.just("notifications"), st.booleans()),
+    st.tuples(st.just("scribble"), st.sampled_from(["desc", "avail", "used", "table"]), st.integers(0, 4095),
+              st.binary(min_size=1, max_size=4)),
+    st.tuples(st.just("reset"), st.sampled_from(["driver", "device"])),
+    st.tuples(st.just("bulk"), st.integers(1, 3000)),
+)
+FEATURES = st.sampled_from([0, Feature.EVENT_IDX, Feature.INDIRECT_DESC, Feature.EVENT_IDX | Feature.INDIRECT_DESC])
+
+
+def chain_summary(chain):
+    return (chain.head, chain.readable_len, chain.writable_len, chain.indirect, chain.segments, chain.read())
+
+
+class Side:
+    """One twin's driver and device, plus the chains its device holds."""
+
+    def __init__(self, name, size, features):
+        self.p = make_pair(twin_module(name), size=size, features=features)
+        self.held = []  # (head, writable_len) the device has popped and not pushed
+
+    def run(self, op):
+        """Apply one operation; returns its observable result or ("error", type, message)."""
+        try:
+            return self._run(op)
+        except Exception as exc:  # compared across twins: the same type and wording, or the test fails
+            return ("error", type(exc).__name__, str(exc))
+
+    def _run(self, op):
+        p, kind = self.p, op[0]
+        if kind == "add":
+            _, outs, ins, tokened = op
+            token = ("t", len(outs), len(ins)) if tokened else None
+            return p.drv.add([(DATA + o, n) for o, n in outs], [(DATA + o, n) for o, n in ins], token)
+        if kind == "add_many":
+            _, chains, segs, mask = op
+            n = chains * segs
+            addrs = DATA + np.arange(n, dtype=np.uint64) * 64
+            writable = np.array([(mask >> (i % segs)) & 1 for i in range(n)], bool)
+            heads = np.zeros(chains, np.uint16)
+            done = p.drv.add_many(addrs, np.full(n, 48, np.int64), writable, segs, heads)
+            return done, heads[:done].tolist()
+        if kind == "kick":
+            return p.drv.kick_needed()
+        if kind == "pop":
+            chains = p.dev.pop_many(op[1])
+            self.held += [(c.head, c.writable_len) for c in chains]
+            return [chain_summary(c) for c in chains]
+        if kind == "push":
+            if not self.held:
+                return p.dev.push(op[1], 0)  # not held: a ValueError on both twins
+            head, wlen = self.held.pop(op[1] % len(self.held))
+            return p.dev.push(head, int(wlen * op[2]))
+        if kind == "push_many":
+            batch, self.held = self.held[: op[1]], self.held[op[1]:]
+            return p.dev.push_many([h for h, _ in batch], [w for _, w in batch])
+        if kind == "notify":
+            return p.dev.notify_needed()
+        if kind == "reap":
+            if op[1] == "pop_used":
+                return p.drv.pop_used()
+            if op[1] == "get_used":
+                return p.drv.get_used()
+            heads, lens = np.zeros(5, np.uint16), np.zeros(5, np.uint32)
+            n = p.drv.pop_used_into(heads, lens)
+            return n, heads.tolist(), lens.tolist()
+        if kind == "interrupts":
+            return p.drv.enable_interrupts() if op[1] else p.drv.disable_interrupts()
+        if kind == "notifications":
+            return p.dev.enable_notifications() if op[1] else p.dev.disable_notifications()
+        if kind == "scribble":
+            _, area, offset, data = op
+            base, length = {"desc": p.layout.areas()[0], "avail": p.layout.areas()[1],
+                            "used": p.layout.areas()[2], "table": (DATA - 0x60000, 0x1000)}[area]
+            offset %= max(1, length - len(data))
+            p.mem.write(base + offset, data)
+            return None
+        if kind == "reset":
+            if op[1] == "driver":
+                p.drv.reset()
+            else:
+                p.dev.reset()
+            self.held = []
+            return None
+        if kind == "bulk":
+            return self.bulk(op[1])
+        if kind == "drain":
+            for head, wlen in self.held:
+                p.dev.push(head, wlen)
+            self.held = []
+            p.drv.kick_needed()
+            for chain in p.dev.pop_many(p.layout.size):
+                p.dev.push(chain.head, 0)
+            return p.drv.pop_used()
+        raise AssertionError(op)
+
+    def bulk(self, n):
+        """n request cycles through the batch APIs, chains of 1 and 3 buffers alternating."""
+        p = self.p
+        size = p.layout.size
+        one = (np.array([DATA], np.uint64), np.array([16], np.int64), np.array([False]))
+        three = (DATA + np.array([0, 0x1000, 0x2000], np.uint64), np.array([16, 512, 1], np.int64),
+                 np.array([False, True, True]))
+        heads = np.zeros(size, np.uint16)
+        lens = np.zeros(size, np.uint32)
+        done = 0
+        total_written = 0
+        while done < n:
+            a, l, w = one if done % 2 else three
+            k = min(n - done, size)
+            added = p.drv.add_many(np.tile(a, k), np.tile(l, k), np.tile(w, k), len(a))
+            p.drv.kick_needed()
+            chains = p.dev.pop_many(size)
+            p.dev.push_many([c.head for c in chains], [c.writable_len for c in chains])
+            reaped = p.drv.pop_used_into(heads, lens)
+            total_written += int(lens[:reaped].sum())
+            if added == 0 and reaped == 0 and not chains:
+                break  # the ring holds chains added before the bulk step: nothing more fits
+            done += added
+        return done, total_written
+
+
+def compare(size, features, ops, sides=None):
+    c, py = sides or (Side("cython", size, features), Side("python", size, features))
+    results = []
+    for i, op in enumerate(ops):
+        rc, rp = c.run(op), py.run(op)
+        assert rc == rp, f"operation {i} {op!r}: cython {rc!r} != python {rp!r}"
+        assert c.p.buf == py.p.buf, f"guest memory differs after operation {i} {op!r}"
+        assert c.p.dev.state == py.p.dev.state and c.p.dev.broken == py.p.dev.broken
+        assert c.p.drv.num_free == py.p.drv.num_free and c.p.drv.broken == py.p.drv.broken
+        results.append(rc)
+    return c, py, results
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([1, 2, 4, 8, 16]), FEATURES, st.lists(OPS, max_size=80))
+def test_twins_agree_byte_for_byte(size, features, ops):
+    compare(size, features, ops)
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from([8, 256]), FEATURES, st.lists(OPS, max_size=20), st.lists(OPS, max_size=20))
+def test_twins_agree_across_16_bit_index_wraparound(size, features, before, after):
+    ops = [op for op in before if op[0] not in ("scribble", "reset")] + [("drain",)]
+    c, py, _ = compare(size, features, ops)
+    start = c.p.dev.state.last_avail_idx
+    c, py, (bulk,) = compare(size, features, [("bulk", 66000)], (c, py))
+    assert bulk[0] == 66000
+    assert c.p.dev.state.last_avail_idx == (start + 66000) & 0xFFFF  # once round the 16-bit space and on
+    compare(size, features, after, (c, py))
+
+
+def test_memory_layout_assumptions():
+    assert DATA + 0x7000 + 0x900 <= BASE + MEM_SIZE

@@ -1,0 +1,64 @@
+"""vring: virtio virtqueues (split rings, driver and device side) over raw shared memory.
+
+The engine comes in two twins with the same classes and behaviour: ``vring._cring`` (Cython, the default) and
+``vring._pyring`` (pure Python, the reference). ``VRING_PUREPYTHON=1`` forces the pure-Python one;
+``vring.IMPLEMENTATION`` says which is in use.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+from ._errors import (
+    AddressError,
+    LayoutError,
+    MalformedChain,
+    MalformedUsed,
+    QueueBroken,
+    QueueFull,
+    VringError,
+)
+from ._features import ENGINE_FEATURES, Feature, need_event
+from ._layout import SplitLayout
+from ._state import QueueState
+from ._version import __version__
+
+if os.environ.get("VRING_PUREPYTHON", "") not in ("", "0"):
+    from ._pyring import Chain, DeviceQueue, DriverQueue, GuestMemory
+
+    IMPLEMENTATION = "python"
+else:
+    try:
+        from ._cring import Chain, DeviceQueue, DriverQueue, GuestMemory
+    except ImportError:
+        # Only an interpreter that cannot load CPython extensions falls back; on CPython a missing or broken
+        # extension is an installation error worth a loud failure.
+        if platform.python_implementation() == "CPython":
+            raise
+        from ._pyring import Chain, DeviceQueue, DriverQueue, GuestMemory
+
+        IMPLEMENTATION = "python"
+    else:
+        IMPLEMENTATION = "cython"
+
+__all__ = [
+    "ENGINE_FEATURES",
+    "IMPLEMENTATION",
+    "AddressError",
+    "Chain",
+    "DeviceQueue",
+    "DriverQueue",
+    "Feature",
+    "GuestMemory",
+    "LayoutError",
+    "MalformedChain",
+    "MalformedUsed",
+    "QueueBroken",
+    "QueueFull",
+    "QueueState",
+    "SplitLayout",
+    "VringError",
+    "__version__",
+    "need_event",
+]

@@ -1,0 +1,1309 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Split virtqueues over raw pointers: the Cython twin of ``vring._pyring``.
+
+Pointers to guest memory come once from the buffer protocol; ring pointers are translated again only when guest
+memory changes. The hot functions are ``noexcept nogil`` C; every bound is checked by hand against the queue size
+or a region's size, and shared memory is read through ``barrier.h``. Errors are found in C and worded in Python by
+``vring._errors`` so that both twins say exactly the same thing.
+"""
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memset, memcpy
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+cimport numpy as cnp
+
+import mmap as _mmap
+
+import numpy as np
+
+from ._errors import (
+    CHAIN_REASONS, USED_REASONS, AddressError, LayoutError, QueueFull, broken_error, chain_error, used_error,
+)
+from ._features import DEFAULT_MAX_INDIRECT, Feature
+from ._state import QueueState
+from ._pyring.memory import as_byte_view
+
+cnp.import_array()
+
+cdef extern from *:
+    """
+    #ifndef VRING_CFLAGS
+    #define VRING_CFLAGS ""
+    #endif
+    #ifdef __VERSION__
+    #define VRING_COMPILER_VERSION __VERSION__
+    #else
+    #define VRING_COMPILER_VERSION "unknown"
+    #endif
+    """
+    const char *VRING_CFLAGS
+    const char *VRING_COMPILER_VERSION
+
+# How this extension was compiled (reported by `vring info` and the benchmarks).
+BUILD_CFLAGS = VRING_CFLAGS.decode()
+COMPILER = VRING_COMPILER_VERSION.decode()
+
+cdef enum:
+    DESC_F_NEXT = 1
+    DESC_F_WRITE = 2
+    DESC_F_INDIRECT = 4
+    AVAIL_F_NO_INTERRUPT = 1
+    USED_F_NO_NOTIFY = 1
+
+cdef extern from *:
+    """
+    #define VRING_U32_MAX 0xFFFFFFFFull
+    """
+    const uint64_t U32_MAX "VRING_U32_MAX"
+
+# Chain check codes: index into vring._errors.CHAIN_REASONS, plus one.
+cdef enum:
+    E_AVAIL_JUMP = 1
+    E_HEAD_RANGE
+    E_HEAD_INFLIGHT
+    E_NEXT_RANGE
+    E_LOOP
+    E_INDIRECT_NOT_NEGOTIATED
+    E_NESTED_INDIRECT
+    E_INDIRECT_NEXT
+    E_INDIRECT_ZERO
+    E_INDIRECT_UNALIGNED
+    E_INDIRECT_LARGE
+    E_INDIRECT_MEMORY
+    E_READABLE_AFTER_WRITABLE
+    E_ZERO_LENGTH
+    E_CHAIN_LARGE
+    E_BUFFER_MEMORY
+    E_NOMEM
+
+# Used ring check codes: index into USED_REASONS, plus one.
+cdef enum:
+    U_INDEX_JUMP = 1
+    U_ID_RANGE
+    U_NOT_IN_FLIGHT
+    U_LEN_LARGE
+
+assert CHAIN_REASONS[E_BUFFER_MEMORY - 1] == "buffer-outside-memory"
+assert USED_REASONS[U_LEN_LARGE - 1] == "used-len-too-large"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Guest memory
+# ---------------------------------------------------------------------------------------------------------------
+cdef inline int mem_find(MemMap *m, uint64_t gpa) noexcept nogil:
+    """Index of the region holding ``gpa``, or -1. ``gpa - start < size`` is false when gpa < start (unsigned)."""
+    cdef int i = m.hint
+    if i < m.n and gpa - m.regions[i].gpa < m.regions[i].size:
+        return i
+    for i in range(m.n):
+        if gpa - m.regions[i].gpa < m.regions[i].size:
+            m.hint = i
+            return i
+    return -1
+
+
+cdef inline unsigned char *mem_ptr(MemMap *m, uint64_t gpa, uint64_t length) noexcept nogil:
+    """Host pointer of [gpa, gpa + length) if it lies inside one region, else NULL (length >= 1)."""
+    cdef int i = mem_find(m, gpa)
+    if i < 0:
+        return NULL
+    cdef uint64_t offset = gpa - m.regions[i].gpa
+    if length > m.regions[i].size - offset:
+        return NULL
+    return m.regions[i].host + offset
+
+
+cdef inline bint mem_contains(MemMap *m, uint64_t gpa, uint64_t length) noexcept nogil:
+    """Whether [gpa, gpa + length) is guest memory, crossing adjacent regions if need be (length >= 1)."""
+    cdef int i
+    cdef uint64_t offset, piece
+    if gpa + (length - 1) < gpa:  # wraps past 2**64
+        return False
+    while length:
+        i = mem_find(m, gpa)
+        if i < 0:
+            return False
+        offset = gpa - m.regions[i].gpa
+        piece = m.regions[i].size - offset
+        if piece >= length:
+            return True
+        gpa += piece
+        length -= piece
+    return True
+
+
+cdef class GuestMemory:
+    """Guest-physical memory made of regions, each a host buffer; every translation is bounds-checked.
+
+    A range that crosses from one region into another adjacent in guest-physical address is legal and comes back
+    as one view per piece (``views``); ``view`` wants a range inside one region.
+    """
+
+    def __cinit__(self):
+        self.map.regions = NULL
+        self.map.n = 0
+        self.map.hint = 0
+        self._regions = []
+        self._views = []
+        self.generation = 0
+
+    def __dealloc__(self):
+        free(self.map.regions)
+
+    def add_region(self, gpa, buffer):
+        """Make ``buffer`` (bytearray, mmap, numpy array, ...) the guest memory at ``gpa``."""
+        self._insert(gpa, as_byte_view(buffer), buffer)
+
+    def add_region_fd(self, gpa, size, fd, offset=0):
+        """Map ``size`` bytes of ``fd`` from ``offset`` (shared, read-write) as the guest memory at ``gpa``."""
+        if size <= 0:
+            raise AddressError(f"region size {size} is not positive")
+        mapping = _mmap.mmap(fd, size, _mmap.MAP_SHARED, _mmap.PROT_READ | _mmap.PROT_WRITE, offset=offset)
+        try:
+            self._insert(gpa, memoryview(mapping), mapping)
+        except BaseException:
+            mapping.close()
+            raise
+
+    def remove_region(self, gpa):
+        """Forget the region that starts at ``gpa`` (views already handed out keep its memory alive)."""
+        for i, region in enumerate(self._regions):
+            if region[0] == gpa:
+                self._rebuild(self._regions[:i] + self._regions[i + 1:])
+                return
+        raise AddressError(f"no region starts at {gpa:#x}")
+
+    def _insert(self, gpa, view, owner):
+        size = view.nbytes
+        if not isinstance(gpa, int) or gpa < 0 or size == 0 or gpa + size - 1 > 0xFFFFFFFFFFFFFFFF:
+            raise AddressError(f"region {gpa!r} (+{size}) is empty or not a 64-bit guest-physical range")
+        for rgpa, rsize, _, _ in self._regions:
+            if gpa < rgpa + rsize and rgpa < gpa + size:
+                raise AddressError(f"region {gpa:#x} (+{size:#x}) overlaps region {rgpa:#x} (+{rsize:#x})")
+        self._rebuild(sorted(self._regions + [(gpa, size, view, owner)], key=lambda r: r[0]))
+
+    cdef _rebuild(self, list regions):
+        cdef Py_buffer buf
+        cdef Region *table = <Region *>malloc(max(1, len(regions)) * sizeof(Region))
+        if table == NULL:
+            raise MemoryError()
+        try:
+            for i, (gpa, size, view, _) in enumerate(regions):
+                # The memoryview in the list keeps the export alive; the pointer stays valid while it is listed.
+                PyObject_GetBuffer(view, &buf, PyBUF_SIMPLE | PyBUF_WRITABLE)
+                table[i].gpa = gpa
+                table[i].size = size
+                table[i].host = <unsigned char *>buf.buf
+                PyBuffer_Release(&buf)
+        except BaseException:
+            free(table)
+            raise
+        free(self.map.regions)
+        self.map.regions = table
+        self.map.n = len(regions)
+        self.map.hint = 0
+        self._regions = regions
+        self._views = [r[2] for r in regions]
+        self.generation += 1
+
+    @property
+    def regions(self):
+        """(guest-physical address, size) of every region, in address order."""
+        return [(r[0], r[1]) for r in self._regions]
+
+    def pieces(self, gpa, length):
+        """(region index, offset in region, length) pieces covering [gpa, gpa + length), or AddressError."""
+        if length < 0 or gpa < 0 or gpa + length - 1 > 0xFFFFFFFFFFFFFFFF:
+            raise AddressError(f"range {gpa:#x} (+{length}) is not a 64-bit guest-physical range")
+        out = []
+        cdef int i
+        g = gpa  # a Python int: it may reach 2**64 once the last piece is taken
+        while length > 0:
+            i = mem_find(&self.map, g)
+            if i < 0:
+                raise AddressError(f"guest-physical address {g:#x} is outside guest memory")
+            offset = g - self.map.regions[i].gpa
+            piece = min(length, self.map.regions[i].size - offset)
+            out.append((i, offset, piece))
+            g += piece
+            length -= piece
+        return out
+
+    def contains(self, gpa, length):
+        """Whether [gpa, gpa + length) lies in guest memory (adjacent regions allowed)."""
+        try:
+            self.pieces(gpa, length)
+        except AddressError:
+            return False
+        return True
+
+    def view(self, gpa, length):
+        """A zero-copy, writable view of [gpa, gpa + length), which must lie inside one region."""
+        pieces = self.pieces(gpa, length)
+        if len(pieces) > 1:
+            raise AddressError(f"range {gpa:#x} (+{length}) spans {len(pieces)} regions; use views()")
+        if not pieces:
+            return memoryview(b"")
+        i, offset, piece = pieces[0]
+        return self._views[i][offset:offset + piece]
+
+    def views(self, gpa, length):
+        """Zero-copy views of [gpa, gpa + length), one per region the range crosses."""
+        return [self._views[i][offset:offset + piece] for i, offset, piece in self.pieces(gpa, length)]
+
+    def read(self, gpa, length):
+        return b"".join(bytes(v) for v in self.views(gpa, length))
+
+    def write(self, gpa, data):
+        src = memoryview(data).cast("B")
+        done = 0
+        for view in self.views(gpa, src.nbytes):
+            view[:] = src[done:done + view.nbytes]
+            done += view.nbytes
+
+
+cdef int bind_area(GuestMemory mem, uint64_t gpa, uint64_t length, unsigned char **out) except -1:
+    cdef unsigned char *p = mem_ptr(&mem.map, gpa, length)
+    if p == NULL:
+        mem.view(gpa, length)  # raises the AddressError that says why
+        raise AddressError(f"range {gpa:#x} (+{length}) is not inside one region")
+    if (<size_t>p) & 1:
+        raise LayoutError(f"ring area at {gpa:#x} is at an odd host address; 16-bit fields need 2-byte alignment",
+                          "host-alignment")
+    out[0] = p
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Chain
+# ---------------------------------------------------------------------------------------------------------------
+cdef class Chain:
+    """One descriptor chain the device popped: its head and its buffers, device-readable ones first.
+
+    ``readable`` and ``writable`` are lists of zero-copy memoryviews into guest memory (a buffer that crosses two
+    adjacent regions is two views); they are made on first use.
+    """
+
+    def __cinit__(self):
+        self._segs = self._inline
+        self._nseg = 0
+
+    def __dealloc__(self):
+        if self._segs != self._inline:
+            free(self._segs)
+
+    def __init__(self):
+        raise TypeError("chains come from DeviceQueue.pop()")
+
+    cdef list _views(self, bint writable):
+        cdef uint32_t i
+        cdef Seg *s
+        out = []
+        for i in range(self._nseg):
+            s = &self._segs[i]
+            if s.writable == writable:
+                out.append(self._region_views[s.region][s.offset:s.offset + s.len])
+        return out
+
+    @property
+    def readable(self):
+        if self._readable is None:
+            self._readable = self._views(False)
+        return self._readable
+
+    @property
+    def writable(self):
+        if self._writable is None:
+            self._writable = self._views(True)
+        return self._writable
+
+    @property
+    def segments(self):
+        """(guest-physical address, length, device-writable) of every buffer piece, in chain order."""
+        return [(self._segs[i].gpa, self._segs[i].len, bool(self._segs[i].writable)) for i in range(self._nseg)]
+
+    def read(self):
+        """All device-readable bytes of the chain, concatenated (a copy)."""
+        return b"".join(bytes(v) for v in self.readable)
+
+    def write(self, data, offset=0):
+        """Scatter ``data`` into the writable buffers from byte ``offset``; returns the bytes written."""
+        src = memoryview(data).cast("B")
+        if offset < 0 or offset + src.nbytes > self.writable_len:
+            raise ValueError(f"{src.nbytes} bytes at offset {offset} do not fit the chain's {self.writable_len} "
+                             "writable bytes")
+        done = 0
+        for view in self.writable:
+            if done >= src.nbytes:
+                break
+            if offset >= view.nbytes:
+                offset -= view.nbytes
+                continue
+            n = min(view.nbytes - offset, src.nbytes - done)
+            view[offset:offset + n] = src[done:done + n]
+            done += n
+            offset = 0
+        return done
+
+    def __repr__(self):
+        return (f"Chain(head={self.head}, readable_len={self.readable_len}, writable_len={self.writable_len}, "
+                f"segments={self._nseg})")
+
+
+cdef Chain make_chain(SplitDev *q, uint16_t head, list region_views):
+    cdef Chain c = Chain.__new__(Chain)
+    c.head = head
+    c.readable_len = q.readable_len
+    c.writable_len = q.writable_len
+    c.indirect = q.was_indirect
+    if q.nseg > 4:
+        c._segs = <Seg *>malloc(q.nseg * sizeof(Seg))
+        if c._segs == NULL:
+            c._segs = c._inline
+            raise MemoryError()
+    memcpy(c._segs, q.segs, q.nseg * sizeof(Seg))
+    c._nseg = q.nseg
+    c._region_views = region_views
+    return c
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Device side, in C
+# ---------------------------------------------------------------------------------------------------------------
+cdef inline int dev_fail(ChainError *err, int reason, uint32_t head, uint32_t index, bint in_indirect,
+                         uint64_t a, uint64_t b) noexcept nogil:
+    err.reason = reason
+    err.head = head
+    err.index = index
+    err.in_indirect = in_indirect
+    err.a = a
+    err.b = b
+    return reason
+
+
+cdef inline int dev_add_seg(SplitDev *q, uint64_t gpa, uint64_t offset, uint32_t length, int region,
+                            bint writable) noexcept nogil:
+    cdef Seg *grown
+    if q.nseg == q.segs_cap:
+        grown = <Seg *>realloc(q.segs, 2 * q.segs_cap * sizeof(Seg))
+        if grown == NULL:
+            return -1
+        q.segs = grown
+        q.segs_cap *= 2
+    q.segs[q.nseg].gpa = gpa
+    q.segs[q.nseg].offset = offset
+    q.segs[q.nseg].len = length
+    q.segs[q.nseg].region = <uint16_t>region
+    q.segs[q.nseg].writable = writable
+    q.nseg += 1
+    return 0
+
+
+cdef int dev_walk(SplitDev *q, MemMap *m, uint16_t head, ChainError *err) noexcept nogil:
+    """Walk the chain at ``head`` into q.segs; 0, or the failed check's code (with ``err`` filled in)."""
+    cdef vring_desc d
+    cdef const vring_desc *table = q.desc
+    cdef uint32_t limit = q.size  # entries of the table being walked
+    cdef uint32_t index = head
+    cdef uint32_t count = 0
+    cdef bint in_indirect = False
+    cdef bint seen_writable = False
+    cdef bint writable
+    cdef uint64_t total = 0, gpa, remaining, offset, piece
+    cdef int r
+    q.nseg = 0
+    q.readable_len = 0
+    q.writable_len = 0
+    q.was_indirect = False
+    while True:
+        count += 1
+        if count > limit:
+            return dev_fail(err, E_LOOP, head, index, in_indirect, limit, 0)
+        # struct virtq_desc, read once: every check and every use below works on this copy.
+        vring_copy_once(&d, &table[index], sizeof(vring_desc))
+        if d.flags & DESC_F_INDIRECT:
+            if not q.indirect:
+                return dev_fail(err, E_INDIRECT_NOT_NEGOTIATED, head, index, in_indirect, 0, 0)
+            if in_indirect:
+                return dev_fail(err, E_NESTED_INDIRECT, head, index, in_indirect, 0, 0)
+            if d.flags & DESC_F_NEXT:
+                return dev_fail(err, E_INDIRECT_NEXT, head, index, in_indirect, 0, 0)
+            if d.len == 0:
+                return dev_fail(err, E_INDIRECT_ZERO, head, index, in_indirect, 0, 0)
+            if d.len % sizeof(vring_desc):
+                return dev_fail(err, E_INDIRECT_UNALIGNED, head, index, in_indirect, d.len, 0)
+            if d.len // sizeof(vring_desc) > q.max_indirect:
+                return dev_fail(err, E_INDIRECT_LARGE, head, index, in_indirect, d.len, q.max_indirect)
+            table = <const vring_desc *>mem_ptr(m, d.addr, d.len)
+            if table == NULL or d.addr + (d.len - 1) < d.addr:
+                return dev_fail(err, E_INDIRECT_MEMORY, head, index, in_indirect, d.addr, d.len)
+            limit = d.len // sizeof(vring_desc)
+            index = 0
+            count = 0
+            in_indirect = True
+            q.was_indirect = True
+            continue
+        if d.len == 0:
+            return dev_fail(err, E_ZERO_LENGTH, head, index, in_indirect, 0, 0)
+        writable = (d.flags & DESC_F_WRITE) != 0
+        if writable:
+            seen_writable = True
+            q.writable_len += d.len
+        elif seen_writable:
+            return dev_fail(err, E_READABLE_AFTER_WRITABLE, head, index, in_indirect, 0, 0)
+        else:
+            q.readable_len += d.len
+        total += d.len
+        if total > U32_MAX:
+            return dev_fail(err, E_CHAIN_LARGE, head, index, in_indirect, 0, 0)
+        # Translate, one piece per region crossed.
+        gpa = d.addr
+        remaining = d.len
+        if gpa + (remaining - 1) < gpa:
+            return dev_fail(err, E_BUFFER_MEMORY, head, index, in_indirect, d.addr, d.len)
+        while remaining:
+            r = mem_find(m, gpa)
+            if r < 0:
+                return dev_fail(err, E_BUFFER_MEMORY, head, index, in_indirect, d.addr, d.len)
+            offset = gpa - m.regions[r].gpa
+            piece = m.regions[r].size - offset
+            if piece > remaining:
+                piece = remaining
+            if dev_add_seg(q, gpa, offset, <uint32_t>piece, r, writable) < 0:
+                return dev_fail(err, E_NOMEM, head, index, in_indirect, 0, 0)
+            gpa += piece
+            remaining -= piece
+        if not d.flags & DESC_F_NEXT:
+            return 0
+        if d.next >= limit:
+            return dev_fail(err, E_NEXT_RANGE, head, index, in_indirect, d.next, limit)
+        index = d.next
+
+
+cdef int dev_pop(SplitDev *q, MemMap *m, uint16_t *head_out, ChainError *err) noexcept nogil:
+    """Pop the next chain into q.segs: 1 popped, 0 nothing available, or minus the failed check's code."""
+    cdef uint16_t avail_idx = vring_observe_idx(&q.avail[1])  # avail->idx, acquire: ring entries after it
+    cdef uint16_t head
+    cdef int r
+    if avail_idx == q.last_avail:
+        return 0
+    if <uint16_t>(avail_idx - q.last_avail) > q.size:
+        return -dev_fail(err, E_AVAIL_JUMP, 0, 0, False, avail_idx, q.last_avail)
+    head = vring_read_shared_u16(&q.avail[2 + (q.last_avail & (q.size - 1))])  # avail->ring[], once
+    if head >= q.size:
+        return -dev_fail(err, E_HEAD_RANGE, head, 0, False, q.size, 0)
+    if q.inflight[head]:
+        return -dev_fail(err, E_HEAD_INFLIGHT, head, head, False, 0, 0)
+    r = dev_walk(q, m, head, err)
+    if r:
+        return -r
+    q.inflight[head] = 1
+    q.inflight_wlen[head] = q.writable_len
+    q.last_avail += 1
+    head_out[0] = head
+    return 1
+
+
+cdef inline void dev_after_pop(SplitDev *q) noexcept nogil:
+    # With EVENT_IDX, ask for a kick once the driver passes what we consumed (as QEMU's virtqueue_pop does),
+    # unless the device disabled notifications to poll.
+    if q.event_idx and q.notify_enabled:
+        vring_write_shared_u16(<uint16_t *>(q.used + 4 + 8 * q.size), q.last_avail)  # used->avail_event
+
+
+cdef inline int dev_check_push(SplitDev *q, uint64_t head, uint64_t written) noexcept nogil:
+    """0 if the device may return ``head`` with ``written`` bytes; 1 not a held head; 2 too many bytes."""
+    if head >= q.size or not q.inflight[head]:
+        return 1
+    if written > q.inflight_wlen[head]:
+        return 2
+    return 0
+
+
+cdef inline void dev_put_used(SplitDev *q, uint16_t head, uint32_t written) noexcept nogil:
+    # used->ring[used_idx % size] = {id, len}; plain stores, published by the release of used->idx.
+    cdef vring_used_elem elem
+    elem.id = head
+    elem.len = written
+    memcpy(q.used + 4 + 8 * (q.used_idx & (q.size - 1)), &elem, sizeof(elem))
+    q.inflight[head] = 0
+    q.used_idx += 1
+
+
+cdef inline bint dev_notify_needed(SplitDev *q) noexcept nogil:
+    cdef uint16_t new = q.used_idx
+    cdef uint16_t old = q.signalled_used
+    cdef bint valid = q.signalled_valid
+    cdef uint16_t event
+    q.signalled_used = new
+    q.signalled_valid = True
+    if valid and new == old:
+        return False
+    # Our used->idx store must be visible before we read the driver's used_event / flags.
+    vring_fence_store_then_check()
+    if q.event_idx:
+        event = vring_read_shared_u16(&q.avail[2 + q.size])  # avail->used_event
+        return not valid or <uint16_t>(new - event - 1) < <uint16_t>(new - old)
+    return not (vring_read_shared_u16(&q.avail[0]) & AVAIL_F_NO_INTERRUPT)  # avail->flags
+
+
+cdef class DeviceQueue:
+    """The device's end of a split virtqueue (what QEMU or a vhost-user backend does). Trusts nothing it reads."""
+
+    def __cinit__(self):
+        memset(&self.q, 0, sizeof(SplitDev))
+
+    def __dealloc__(self):
+        free(self.q.inflight)
+        free(self.q.inflight_wlen)
+        free(self.q.segs)
+
+    def __init__(self, GuestMemory mem, layout, features=0, *, max_indirect=DEFAULT_MAX_INDIRECT):
+        if max_indirect < 1:
+            raise ValueError("max_indirect must be at least 1")
+        self.mem = mem
+        self.layout = layout
+        self.features = Feature(int(features))
+        self.q.size = layout.size
+        self.q.max_indirect = max_indirect
+        self.q.event_idx = bool(features & Feature.EVENT_IDX)
+        self.q.indirect = bool(features & Feature.INDIRECT_DESC)
+        self._generation = mem.generation + 1
+        self._bind()
+        self.q.inflight = <uint8_t *>malloc(self.q.size)
+        self.q.inflight_wlen = <uint32_t *>malloc(self.q.size * sizeof(uint32_t))
+        self.q.segs_cap = 16
+        self.q.segs = <Seg *>malloc(self.q.segs_cap * sizeof(Seg))
+        if self.q.inflight == NULL or self.q.inflight_wlen == NULL or self.q.segs == NULL:
+            raise MemoryError()
+        self.reset()
+
+    cdef int _bind(self) except -1:
+        """Translate the ring areas again if guest memory changed since the last call."""
+        cdef unsigned char *desc
+        cdef unsigned char *avail
+        cdef unsigned char *used
+        if self._generation == self.mem.generation:
+            return 0
+        layout = self.layout
+        bind_area(self.mem, layout.desc, layout.desc_bytes, &desc)
+        bind_area(self.mem, layout.avail, layout.avail_bytes, &avail)
+        bind_area(self.mem, layout.used, layout.used_bytes, &used)
+        self.q.desc = <vring_desc *>desc
+        self.q.avail = <uint16_t *>avail
+        self.q.used = used
+        self._generation = self.mem.generation
+        return 0
+
+    cdef int _check(self) except -1:
+        if self.broken:
+            raise broken_error("device", self.error)
+        if self._generation != self.mem.generation:
+            self._bind()
+        return 0
+
+    cdef _fail(self, ChainError *err):
+        if err.reason == E_NOMEM:
+            raise MemoryError()
+        e = chain_error(CHAIN_REASONS[err.reason - 1], err.head, err.index, err.in_indirect, err.a, err.b)
+        self.broken = True
+        self.error = e
+        raise e
+
+    # -- state ---------------------------------------------------------------------------------------------
+    @property
+    def size(self):
+        return self.q.size
+
+    @property
+    def max_indirect(self):
+        return self.q.max_indirect
+
+    @property
+    def last_avail_idx(self):
+        return self.q.last_avail
+
+    @property
+    def used_idx(self):
+        return self.q.used_idx
+
+    def reset(self):
+        """Forget everything (device reset): indices back to 0, no chain in flight, not broken."""
+        self.q.last_avail = 0
+        self.q.used_idx = 0
+        self.broken = False
+        self.error = None
+        self.q.notify_enabled = True
+        self.q.used_flags = 0
+        self.q.signalled_used = 0
+        self.q.signalled_valid = False
+        memset(self.q.inflight, 0, self.q.size)
+
+    @property
+    def state(self):
+        return QueueState(self.q.last_avail, self.q.used_idx)
+
+    def restore(self, state):
+        """Resume at a saved state; a ``used_idx`` of None is read from the used ring (vhost-user takeover)."""
+        state = QueueState(*state)
+        self.reset()
+        self._bind()
+        self.q.last_avail = int(state.last_avail_idx) & 0xFFFF
+        if state.used_idx is None:
+            self.q.used_idx = vring_read_shared_u16(<uint16_t *>(self.q.used + 2))  # used->idx
+        else:
+            self.q.used_idx = int(state.used_idx) & 0xFFFF
+
+    # -- popping -------------------------------------------------------------------------------------------
+    def avail_pending(self):
+        """How many chains the driver has made available that the device has not popped (0 if broken)."""
+        if self.broken:
+            return 0
+        self._bind()
+        return <uint16_t>(vring_observe_idx(&self.q.avail[1]) - self.q.last_avail)  # avail->idx
+
+    def pop(self):
+        """The next available chain, or None. Raises MalformedChain (and latches broken) on bad driver input."""
+        cdef ChainError err
+        cdef uint16_t head
+        self._check()
+        cdef int r = dev_pop(&self.q, &self.mem.map, &head, &err)
+        if r == 0:
+            return None
+        if r < 0:
+            self._fail(&err)
+        dev_after_pop(&self.q)
+        return make_chain(&self.q, head, self.mem._views)
+
+    def pop_many(self, n):
+        """Up to ``n`` available chains."""
+        cdef ChainError err
+        cdef uint16_t head
+        cdef int r
+        cdef Py_ssize_t want = n
+        self._check()
+        out = []
+        views = self.mem._views
+        while len(out) < want:
+            r = dev_pop(&self.q, &self.mem.map, &head, &err)
+            if r == 0:
+                break
+            if r < 0:
+                self._fail(&err)
+            out.append(make_chain(&self.q, head, views))
+        if out:
+            dev_after_pop(&self.q)
+        return out
+
+    # -- pushing -------------------------------------------------------------------------------------------
+    cdef _push_error(self, int code, object head, object written):
+        if code == 1:
+            raise ValueError(f"head {head} is not a chain the device holds")
+        raise ValueError(f"written length {written} exceeds the chain's {self.q.inflight_wlen[head]} writable bytes")
+
+    def push(self, head, written=0):
+        """Return the chain at ``head`` to the driver with ``written`` bytes written into its writable part."""
+        self._check()
+        head = int(head)
+        written = int(written)
+        if not 0 <= head < self.q.size or not self.q.inflight[head]:
+            self._push_error(1, head, written)
+        if not 0 <= written <= self.q.inflight_wlen[head]:
+            self._push_error(2, head, written)
+        dev_put_used(&self.q, head, written)
+        vring_publish_idx(<uint16_t *>(self.q.used + 2), self.q.used_idx)  # used->idx, release: element first
+
+    def push_many(self, heads, lens):
+        """Return several chains; the used index is published once, after all their elements."""
+        cdef cnp.ndarray h = _int_array(heads, np.int64)
+        cdef cnp.ndarray l = _int_array(lens, np.int64)
+        cdef Py_ssize_t n = cnp.PyArray_DIM(h, 0), i = 0, j
+        cdef const long long *hp = <const long long *>cnp.PyArray_DATA(h)
+        cdef const long long *lp = <const long long *>cnp.PyArray_DATA(l)
+        cdef int code = 0
+        self._check()
+        if cnp.PyArray_DIM(l, 0) != n:
+            raise ValueError("heads and lens differ in length")
+        with nogil:
+            for i in range(n):
+                if hp[i] < 0 or hp[i] >= self.q.size or lp[i] < 0:
+                    code = 1 if (hp[i] < 0 or hp[i] >= self.q.size) else 2
+                else:
+                    code = dev_check_push(&self.q, hp[i], lp[i])
+                if code == 0 and self.q.inflight[hp[i]] == 2:
+                    code = 3
+                if code:
+                    break
+                self.q.inflight[hp[i]] = 2  # mark: seen in this batch
+            if code:
+                for j in range(i):
+                    self.q.inflight[hp[j]] = 1
+            else:
+                for i in range(n):
+                    self.q.inflight[hp[i]] = 1
+                    dev_put_used(&self.q, <uint16_t>hp[i], <uint32_t>lp[i])
+                if n:
+                    vring_publish_idx(<uint16_t *>(self.q.used + 2), self.q.used_idx)  # used->idx, release
+        if code == 3:
+            raise ValueError(f"head {hp[i]} is pushed twice in one batch")
+        if code:
+            self._push_error(code, hp[i], lp[i])
+
+    # -- notifications -------------------------------------------------------------------------------------
+    def notify_needed(self):
+        """Whether the driver wants an interrupt for what was pushed since the last call."""
+        self._check()
+        return dev_notify_needed(&self.q)
+
+    def enable_notifications(self):
+        """Ask the driver to kick again; returns True if chains are already available (handle them first)."""
+        self._check()
+        self.q.notify_enabled = True
+        if self.q.event_idx:
+            vring_write_shared_u16(<uint16_t *>(self.q.used + 4 + 8 * self.q.size), self.q.last_avail)
+        else:
+            self.q.used_flags &= ~USED_F_NO_NOTIFY
+            vring_write_shared_u16(<uint16_t *>self.q.used, self.q.used_flags)  # used->flags
+        # The store above must be visible before we look at avail->idx again, or a kick can be lost.
+        vring_fence_store_then_check()
+        return vring_observe_idx(&self.q.avail[1]) != self.q.last_avail
+
+    def disable_notifications(self):
+        """Tell the driver kicks are not needed (the device polls); with EVENT_IDX avail_event just stops moving."""
+        self._check()
+        self.q.notify_enabled = False
+        if not self.q.event_idx:
+            self.q.used_flags |= USED_F_NO_NOTIFY
+            vring_write_shared_u16(<uint16_t *>self.q.used, self.q.used_flags)  # used->flags
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Driver side, in C
+# ---------------------------------------------------------------------------------------------------------------
+cdef enum:
+    A_EMPTY = 1
+    A_LEN
+    A_ORDER
+    A_ADDR
+    A_WLEN
+    A_LONG
+    A_FULL
+
+
+cdef inline bint drv_indirect_for(SplitDrv *q, uint32_t nseg) noexcept nogil:
+    return q.use_indirect and q.indirect_threshold <= nseg <= q.indirect_max
+
+
+cdef inline uint32_t drv_needed(SplitDrv *q, uint32_t nseg) noexcept nogil:
+    return 1 if drv_indirect_for(q, nseg) else nseg
+
+
+cdef int drv_add(SplitDrv *q, MemMap *m, const uint64_t *addrs, const long long *lens, const uint8_t *wr,
+                 uint32_t nseg, uint16_t *head_out, uint32_t *bad) noexcept nogil:
+    """Add one chain: 0, or an A_* code (``bad`` = the offending segment where there is one)."""
+    cdef uint64_t wlen = 0
+    cdef bint seen_w = False, indirect, last
+    cdef uint32_t k, needed
+    cdef uint16_t head, index
+    cdef vring_desc d
+    cdef unsigned char *table
+    if nseg == 0:
+        return A_EMPTY
+    for k in range(nseg):
+        bad[0] = k
+        if lens[k] < 1 or lens[k] > <long long>U32_MAX:
+            return A_LEN
+        if wr[k]:
+            seen_w = True
+            wlen += <uint64_t>lens[k]
+        elif seen_w:
+            return A_ORDER
+        if not mem_contains(m, addrs[k], <uint64_t>lens[k]):
+            return A_ADDR
+    if wlen > U32_MAX:
+        return A_WLEN
+    indirect = drv_indirect_for(q, nseg)
+    if not indirect and nseg > q.size:
+        return A_LONG
+    needed = 1 if indirect else nseg
+    if q.num_free < needed:
+        bad[0] = needed
+        return A_FULL
+    head = q.free_head
+    if indirect:
+        table = q.indirect_host + <uint64_t>head * q.indirect_max * sizeof(vring_desc)
+        for k in range(nseg):
+            last = k == nseg - 1
+            d.addr = addrs[k]
+            d.len = <uint32_t>lens[k]
+            d.flags = (DESC_F_WRITE if wr[k] else 0) | (0 if last else DESC_F_NEXT)
+            d.next = 0 if last else k + 1
+            memcpy(table + k * sizeof(vring_desc), &d, sizeof(d))
+        d.addr = q.indirect_area + <uint64_t>head * q.indirect_max * sizeof(vring_desc)
+        d.len = nseg * sizeof(vring_desc)
+        d.flags = DESC_F_INDIRECT
+        d.next = 0
+        memcpy(&q.desc[head], &d, sizeof(d))
+        q.free_head = q.next[head]
+    else:
+        index = head
+        for k in range(nseg):
+            last = k == nseg - 1
+            d.addr = addrs[k]
+            d.len = <uint32_t>lens[k]
+            d.flags = (DESC_F_WRITE if wr[k] else 0) | (0 if last else DESC_F_NEXT)
+            d.next = 0 if last else q.next[index]
+            memcpy(&q.desc[index], &d, sizeof(d))
+            index = q.next[index]
+        q.free_head = index
+    q.num_free -= needed
+    q.ndesc[head] = needed
+    q.wlen[head] = <uint32_t>wlen
+    q.inflight[head] = 1
+    # avail->ring[avail_idx % size] = head; published with the index by kick_needed.
+    vring_write_shared_u16(&q.avail[2 + (q.avail_idx & (q.size - 1))], head)
+    q.avail_idx += 1
+    head_out[0] = head
+    return 0
+
+
+cdef inline bint drv_kick_needed(SplitDrv *q) noexcept nogil:
+    cdef uint16_t new = q.avail_idx
+    cdef uint16_t old = q.published
+    cdef uint16_t event
+    if new == old:
+        return False
+    vring_publish_idx(&q.avail[1], new)  # avail->idx, release: descriptors and ring entries visible first
+    q.published = new
+    # The index store must be visible before we read the device's avail_event / flags.
+    vring_fence_store_then_check()
+    if q.event_idx:
+        event = vring_read_shared_u16(<uint16_t *>(q.used + 4 + 8 * q.size))  # used->avail_event
+        return <uint16_t>(new - event - 1) < <uint16_t>(new - old)
+    return not (vring_read_shared_u16(<uint16_t *>q.used) & USED_F_NO_NOTIFY)  # used->flags
+
+
+cdef inline void drv_free_chain(SplitDrv *q, uint16_t head) noexcept nogil:
+    cdef uint16_t last = head
+    cdef uint32_t k
+    for k in range(q.ndesc[head] - 1):
+        last = q.next[last]
+    q.next[last] = q.free_head
+    q.free_head = head
+    q.num_free += q.ndesc[head]
+    q.inflight[head] = 0
+
+
+cdef int drv_reap_one(SplitDrv *q, uint16_t *head, uint32_t *written, uint64_t *a, uint64_t *b) noexcept nogil:
+    """1 reaped one, 0 nothing, or minus a U_* code (``a``, ``b`` = the values the check compared)."""
+    cdef uint16_t used_idx = vring_observe_idx(<uint16_t *>(q.used + 2))  # used->idx, acquire: elements after
+    cdef uint16_t last = q.last_used
+    cdef uint16_t outstanding
+    cdef vring_used_elem elem
+    if used_idx == last:
+        return 0
+    outstanding = q.published - last
+    if <uint16_t>(used_idx - last) > outstanding:
+        a[0] = used_idx
+        b[0] = outstanding
+        return -U_INDEX_JUMP
+    vring_copy_once(&elem, q.used + 4 + 8 * (last & (q.size - 1)), sizeof(elem))  # used->ring[], once
+    a[0] = elem.id
+    if elem.id >= q.size:
+        b[0] = q.size
+        return -U_ID_RANGE
+    if not q.inflight[elem.id]:
+        return -U_NOT_IN_FLIGHT
+    if elem.len > q.wlen[elem.id]:
+        a[0] = elem.len
+        b[0] = q.wlen[elem.id]
+        return -U_LEN_LARGE
+    drv_free_chain(q, <uint16_t>elem.id)
+    q.last_used = last + 1
+    head[0] = <uint16_t>elem.id
+    written[0] = elem.len
+    return 1
+
+
+cdef inline void drv_after_reap(SplitDrv *q) noexcept nogil:
+    if q.event_idx and q.interrupts_enabled:
+        vring_write_shared_u16(&q.avail[2 + q.size], q.last_used)  # avail->used_event
+
+
+cdef inline cnp.ndarray _int_array(obj, dtype):
+    """``obj`` as a 1-D C-contiguous array of ``dtype``: the array itself when it already is one."""
+    if (cnp.PyArray_Check(obj) and (<cnp.ndarray>obj).dtype == dtype and cnp.PyArray_NDIM(<cnp.ndarray>obj) == 1
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>obj)):
+        return <cnp.ndarray>obj
+    arr = np.ascontiguousarray(obj, dtype=dtype)
+    if arr.ndim != 1:
+        raise ValueError("expected a one-dimensional sequence")
+    return arr
+
+
+cdef inline bint _is_out_array(obj, int typenum):
+    return (cnp.PyArray_Check(obj) and cnp.PyArray_TYPE(<cnp.ndarray>obj) == typenum
+            and cnp.PyArray_NDIM(<cnp.ndarray>obj) == 1 and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>obj)
+            and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>obj))
+
+
+cdef class DriverQueue:
+    """The driver's end of a split virtqueue (what a guest kernel does). Trusts nothing the device writes."""
+
+    def __cinit__(self):
+        memset(&self.q, 0, sizeof(SplitDrv))
+
+    def __dealloc__(self):
+        free(self.q.next)
+        free(self.q.ndesc)
+        free(self.q.wlen)
+        free(self.q.inflight)
+
+    def __init__(self, GuestMemory mem, layout, features=0, *, indirect_area=None, indirect_max=16,
+                 indirect_threshold=2):
+        if not 1 <= indirect_max <= DEFAULT_MAX_INDIRECT:
+            raise ValueError(f"indirect_max must be between 1 and {DEFAULT_MAX_INDIRECT}")
+        if indirect_threshold < 1:
+            raise ValueError("indirect_threshold must be at least 1")
+        self.mem = mem
+        self.layout = layout
+        self.features = Feature(int(features))
+        self.q.size = layout.size
+        self.q.event_idx = bool(features & Feature.EVENT_IDX)
+        self.indirect_area = indirect_area
+        self.q.indirect_max = indirect_max
+        self.q.indirect_threshold = indirect_threshold
+        self.q.use_indirect = bool(features & Feature.INDIRECT_DESC) and indirect_area is not None
+        if indirect_area is not None:
+            mem.view(indirect_area, self.indirect_area_bytes(self.q.size, indirect_max))  # must lie in one region
+            self.q.indirect_area = indirect_area
+        self._generation = mem.generation + 1
+        self._bind()
+        n = self.q.size
+        self.q.next = <uint16_t *>malloc(n * sizeof(uint16_t))
+        self.q.ndesc = <uint16_t *>malloc(n * sizeof(uint16_t))
+        self.q.wlen = <uint32_t *>malloc(n * sizeof(uint32_t))
+        self.q.inflight = <uint8_t *>malloc(n)
+        if self.q.next == NULL or self.q.ndesc == NULL or self.q.wlen == NULL or self.q.inflight == NULL:
+            raise MemoryError()
+        self.reset()
+
+    @staticmethod
+    def indirect_area_bytes(size, indirect_max=16):
+        """Bytes of guest memory the indirect tables need: one table of ``indirect_max`` entries per head."""
+        return size * indirect_max * 16
+
+    cdef int _bind(self) except -1:
+        cdef unsigned char *desc
+        cdef unsigned char *avail
+        cdef unsigned char *used
+        cdef unsigned char *tables = NULL
+        if self._generation == self.mem.generation:
+            return 0
+        layout = self.layout
+        bind_area(self.mem, layout.desc, layout.desc_bytes, &desc)
+        bind_area(self.mem, layout.avail, layout.avail_bytes, &avail)
+        bind_area(self.mem, layout.used, layout.used_bytes, &used)
+        if self.indirect_area is not None:
+            bind_area(self.mem, self.indirect_area, self.indirect_area_bytes(self.q.size, self.q.indirect_max),
+                      &tables)
+        self.q.desc = <vring_desc *>desc
+        self.q.avail = <uint16_t *>avail
+        self.q.used = used
+        self.q.indirect_host = tables
+        self._generation = self.mem.generation
+        return 0
+
+    cdef int _check(self) except -1:
+        if self.broken:
+            raise broken_error("driver", self.error)
+        if self._generation != self.mem.generation:
+            self._bind()
+        return 0
+
+    cdef _fail_used(self, int code, uint64_t a, uint64_t b):
+        e = used_error(USED_REASONS[code - 1], self.q.last_used, a, b)
+        self.broken = True
+        self.error = e
+        raise e
+
+    def reset(self):
+        """Zero the three ring areas and start over with every descriptor free."""
+        cdef uint32_t i
+        self._bind()
+        layout = self.layout
+        memset(self.q.desc, 0, layout.desc_bytes)
+        memset(self.q.avail, 0, layout.avail_bytes)
+        memset(self.q.used, 0, layout.used_bytes)
+        for i in range(self.q.size):
+            self.q.next[i] = (i + 1) & (self.q.size - 1)
+        self.q.free_head = 0
+        self.q.num_free = self.q.size
+        memset(self.q.inflight, 0, self.q.size)
+        self._tokens = [None] * self.q.size
+        self.q.avail_idx = 0
+        self.q.published = 0
+        self.q.last_used = 0
+        self.q.avail_flags = 0
+        self.q.interrupts_enabled = True
+        self.broken = False
+        self.error = None
+
+    @property
+    def size(self):
+        return self.q.size
+
+    @property
+    def num_free(self):
+        return self.q.num_free
+
+    @property
+    def avail_idx(self):
+        return self.q.avail_idx
+
+    @property
+    def last_used_idx(self):
+        return self.q.last_used
+
+    @property
+    def indirect_max(self):
+        return self.q.indirect_max
+
+    @property
+    def indirect_threshold(self):
+        return self.q.indirect_threshold
+
+    @property
+    def in_flight(self):
+        """Chains added and not yet reaped."""
+        cdef uint32_t i, n = 0
+        for i in range(self.q.size):
+            n += self.q.inflight[i]
+        return n
+
+    # -- adding --------------------------------------------------------------------------------------------
+    cdef _add_error(self, int code, uint32_t bad, const uint64_t *addrs, const long long *lens, uint32_t nseg):
+        if code == A_EMPTY:
+            raise ValueError("a chain needs at least one buffer")
+        if code == A_LEN:
+            raise ValueError(f"buffer length {lens[bad]} is not between 1 and 2**32 - 1")
+        if code == A_ORDER:
+            raise ValueError("device-readable buffers must come before device-writable ones")
+        if code == A_ADDR:
+            raise AddressError(f"buffer {addrs[bad]:#x} (+{lens[bad]}) is outside guest memory")
+        if code == A_WLEN:
+            raise ValueError("the chain's writable length exceeds 2**32 - 1")
+        if code == A_LONG:
+            raise ValueError(f"a chain of {nseg} buffers is longer than the queue size {self.q.size}")
+        raise QueueFull(f"{bad} descriptors needed, {self.q.num_free} free")
+
+    def add(self, out=(), in_=(), token=None):
+        """Make one chain available: ``out`` buffers the device reads, then ``in_`` buffers it writes.
+
+        Returns the head index. ``token`` (default: the head) comes back from ``pop_used``. The avail index is
+        published by ``kick_needed``.
+        """
+        cdef uint64_t addrs_s[8]
+        cdef long long lens_s[8]
+        cdef uint8_t wr_s[8]
+        cdef uint64_t *addrs = addrs_s
+        cdef long long *lens = lens_s
+        cdef uint8_t *wr = wr_s
+        cdef uint32_t k = 0, bad = 0, nseg
+        cdef uint16_t head
+        cdef int code
+        self._check()
+        nseg = len(out) + len(in_)
+        if nseg > 8:
+            addrs = <uint64_t *>malloc(nseg * sizeof(uint64_t))
+            lens = <long long *>malloc(nseg * sizeof(long long))
+            wr = <uint8_t *>malloc(nseg)
+            if addrs == NULL or lens == NULL or wr == NULL:
+                free(addrs) if addrs != addrs_s else None
+                raise MemoryError()
+        try:
+            for seq, writable in ((out, 0), (in_, 1)):
+                for addr, length in seq:
+                    length = int(length)
+                    addr = int(addr)
+                    if not 0 <= addr <= 0xFFFFFFFFFFFFFFFF:
+                        raise AddressError(f"buffer {addr:#x} (+{length}) is outside guest memory")
+                    addrs[k] = addr
+                    lens[k] = length if -1 <= length <= 0x7FFFFFFFFFFFFFFF else -1
+                    wr[k] = writable
+                    k += 1
+            code = drv_add(&self.q, &self.mem.map, addrs, lens, wr, nseg, &head, &bad)
+            if code:
+                self._add_error(code, bad, addrs, lens, nseg)
+        finally:
+            if addrs != addrs_s:
+                free(addrs)
+                free(lens)
+                free(wr)
+        self._tokens[head] = token
+        return head
+
+    def add_many(self, addrs, lens, writable, chain_segs, heads=None):
+        """Add chains from flat segment arrays; returns how many were added (stops early when the ring is full).
+
+        Chain k takes the next ``chain_segs[k]`` segments (or ``chain_segs`` each, if an int); a segment is
+        (``addrs[i]``, ``lens[i]``) and device-writable where ``writable[i]`` is true. Head indices go into
+        ``heads`` if given.
+        """
+        cdef cnp.ndarray a = _int_array(addrs, np.uint64)
+        cdef cnp.ndarray l = _int_array(lens, np.int64)
+        cdef cnp.ndarray w = _int_array(writable, np.bool_)
+        cdef cnp.ndarray counts
+        cdef cnp.ndarray out_heads
+        cdef Py_ssize_t nsegs_total = cnp.PyArray_DIM(a, 0), nchains, c, start = 0, done = 0
+        cdef long long each = 0
+        cdef const long long *cp = NULL
+        cdef uint16_t *hp
+        cdef uint32_t nseg, bad = 0
+        cdef int code = 0
+        self._check()
+        if not cnp.PyArray_DIM(l, 0) == nsegs_total == cnp.PyArray_DIM(w, 0):
+            raise ValueError("addrs, lens and writable differ in length")
+        if isinstance(chain_segs, int):
+            each = chain_segs
+            if each < 1 or nsegs_total % each:
+                raise ValueError("the segments do not split into chains of chain_segs each")
+            nchains = nsegs_total // each
+        else:
+            counts = _int_array(chain_segs, np.int64)
+            cp = <const long long *>cnp.PyArray_DATA(counts)
+            nchains = cnp.PyArray_DIM(counts, 0)
+            if counts.sum() != nsegs_total or (nchains and counts.min() < 0):
+                raise ValueError("chain_segs does not add up to the number of segments")
+        if heads is not None and len(heads) < nchains:
+            raise ValueError("heads is shorter than the number of chains")
+        direct = heads is not None and _is_out_array(heads, cnp.NPY_UINT16)
+        out_heads = heads if direct else np.empty(nchains, np.uint16)
+        hp = <uint16_t *>cnp.PyArray_DATA(out_heads)
+        cdef const uint64_t *ap = <const uint64_t *>cnp.PyArray_DATA(a)
+        cdef const long long *lp = <const long long *>cnp.PyArray_DATA(l)
+        cdef const uint8_t *wp = <const uint8_t *>cnp.PyArray_DATA(w)
+        with nogil:
+            for c in range(nchains):
+                nseg = <uint32_t>(each if cp == NULL else cp[c])
+                if self.q.num_free < drv_needed(&self.q, nseg):
+                    break
+                code = drv_add(&self.q, &self.mem.map, ap + start, lp + start, wp + start, nseg, &hp[done], &bad)
+                if code:
+                    break
+                start += nseg
+                done += 1
+        for c in range(done):
+            self._tokens[hp[c]] = None
+        if heads is not None and not direct:
+            for c in range(done):
+                heads[c] = hp[c]
+        if code:
+            self._add_error(code, bad, ap + start, lp + start, nseg)
+        return done
+
+    # -- kicking -------------------------------------------------------------------------------------------
+    def kick_needed(self):
+        """Publish the avail index; True if the device asked to be notified of what was added since the last call."""
+        self._check()
+        return drv_kick_needed(&self.q)
+
+    # -- reaping -------------------------------------------------------------------------------------------
+    def get_used(self):
+        """The next (token, written length) the device returned, or None."""
+        cdef uint16_t head
+        cdef uint32_t written
+        cdef uint64_t a = 0, b = 0
+        self._check()
+        cdef int r = drv_reap_one(&self.q, &head, &written, &a, &b)
+        if r == 0:
+            return None
+        if r < 0:
+            self._fail_used(-r, a, b)
+        drv_after_reap(&self.q)
+        token = self._tokens[head]
+        self._tokens[head] = None
+        return (head if token is None else token), written
+
+    def pop_used(self, max_count=None):
+        """Every (token, written length) the device returned so far (at most ``max_count``)."""
+        cdef uint16_t head
+        cdef uint32_t written
+        cdef uint64_t a = 0, b = 0
+        cdef int r
+        cdef Py_ssize_t limit = -1 if max_count is None else max_count
+        self._check()
+        out = []
+        while limit < 0 or len(out) < limit:
+            r = drv_reap_one(&self.q, &head, &written, &a, &b)
+            if r == 0:
+                break
+            if r < 0:
+                self._fail_used(-r, a, b)
+            token = self._tokens[head]
+            self._tokens[head] = None
+            out.append(((head if token is None else token), written))
+        if out:
+            drv_after_reap(&self.q)
+        return out
+
+    def pop_used_into(self, heads, lens):
+        """Reap up to ``len(heads)`` used buffers into the arrays ``heads`` and ``lens``; returns the count."""
+        cdef cnp.ndarray h, l
+        cdef uint16_t *hp
+        cdef uint32_t *lp
+        cdef Py_ssize_t want = len(heads), n = 0, i
+        cdef uint64_t a = 0, b = 0
+        cdef int r = 0
+        self._check()
+        if len(lens) < want:
+            raise ValueError("lens is shorter than heads")
+        direct_h = _is_out_array(heads, cnp.NPY_UINT16)
+        direct_l = _is_out_array(lens, cnp.NPY_UINT32)
+        h = heads if direct_h else np.empty(want, np.uint16)
+        l = lens if direct_l else np.empty(want, np.uint32)
+        hp = <uint16_t *>cnp.PyArray_DATA(h)
+        lp = <uint32_t *>cnp.PyArray_DATA(l)
+        with nogil:
+            while n < want:
+                r = drv_reap_one(&self.q, &hp[n], &lp[n], &a, &b)
+                if r <= 0:
+                    break
+                n += 1
+            if n:
+                drv_after_reap(&self.q)
+        for i in range(n):
+            self._tokens[hp[i]] = None
+            if not direct_h:
+                heads[i] = hp[i]
+            if not direct_l:
+                lens[i] = lp[i]
+        if r < 0:
+            self._fail_used(-r, a, b)
+        return n
+
+    # -- interrupts ----------------------------------------------------------------------------------------
+    def disable_interrupts(self):
+        """Ask the device not to interrupt (the driver polls)."""
+        self._check()
+        self.q.interrupts_enabled = False
+        if self.q.event_idx:
+            # used_event one behind what we have seen: the device's used index will not cross it again soon.
+            vring_write_shared_u16(&self.q.avail[2 + self.q.size], <uint16_t>(self.q.last_used - 1))
+        else:
+            self.q.avail_flags |= AVAIL_F_NO_INTERRUPT
+            vring_write_shared_u16(&self.q.avail[0], self.q.avail_flags)  # avail->flags
+
+    def enable_interrupts(self):
+        """Ask for an interrupt on the next used buffer; True if some are already there (reap before sleeping)."""
+        self._check()
+        self.q.interrupts_enabled = True
+        if self.q.event_idx:
+            vring_write_shared_u16(&self.q.avail[2 + self.q.size], self.q.last_used)  # avail->used_event
+        else:
+            self.q.avail_flags &= ~AVAIL_F_NO_INTERRUPT
+            vring_write_shared_u16(&self.q.avail[0], self.q.avail_flags)  # avail->flags
+        # The store above must be visible before we read used->idx again, or an interrupt can be lost.
+        vring_fence_store_then_check()
+        return vring_observe_idx(<uint16_t *>(self.q.used + 2)) != self.q.last_used

@@ -1,0 +1,147 @@
+"""Errors shared by both engine twins, so that ``except vring.MalformedChain`` works whichever one is loaded."""
+
+from __future__ import annotations
+
+
+class VringError(Exception):
+    """Base of every error vring raises on purpose.
+
+    ``reason`` is a short, stable, machine-readable name of the check that failed (``"head-out-of-range"``);
+    the message says the same thing in words, with the values involved.
+    """
+
+    reason: str = "vring-error"
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class AddressError(VringError, ValueError):
+    """A guest-physical range that leaves registered guest memory (or wraps past 2**64)."""
+
+    reason = "address"
+
+
+class LayoutError(VringError, ValueError):
+    """A ring layout the spec does not allow (size, alignment, overlap) or that guest memory cannot hold."""
+
+    reason = "layout"
+
+
+class MalformedChain(VringError):
+    """The driver's side of the ring broke a rule of the spec; the device queue is now broken."""
+
+    reason = "malformed-chain"
+
+
+class MalformedUsed(VringError):
+    """The device's side of the ring broke a rule of the spec; the driver queue is now broken."""
+
+    reason = "malformed-used"
+
+
+class QueueBroken(VringError):
+    """The queue latched broken after an earlier error; only ``reset()`` revives it."""
+
+    reason = "queue-broken"
+
+
+class QueueFull(VringError):
+    """The driver has not enough free descriptors for the chain (reap used buffers, then retry)."""
+
+    reason = "queue-full"
+
+
+# The device-side checks, each a distinct MalformedChain reason (both twins use these exact strings).
+CHAIN_REASONS = (
+    "avail-index-jump",  # avail->idx moved more than the queue size past last_avail_idx
+    "head-out-of-range",  # avail ring entry >= queue size
+    "head-in-flight",  # the driver made available a head the device has not returned yet
+    "next-out-of-range",  # desc.next >= queue size (or >= the indirect table's entries)
+    "chain-loop",  # more descriptors than the table holds: a loop, or a chain longer than the queue
+    "indirect-not-negotiated",  # VIRTQ_DESC_F_INDIRECT without VIRTIO_F_INDIRECT_DESC
+    "nested-indirect",  # an indirect descriptor inside an indirect table
+    "indirect-with-next",  # VIRTQ_DESC_F_INDIRECT together with VIRTQ_DESC_F_NEXT
+    "indirect-len-zero",  # an indirect table of length 0
+    "indirect-len-unaligned",  # an indirect table whose length is not a multiple of 16
+    "indirect-too-large",  # an indirect table with more entries than the queue's limit
+    "indirect-outside-memory",  # an indirect table not inside one guest memory region
+    "readable-after-writable",  # a device-readable descriptor after a device-writable one
+    "zero-length",  # a buffer of length 0
+    "chain-too-large",  # the chain's total length exceeds 2**32 - 1
+    "buffer-outside-memory",  # a buffer that leaves guest memory
+)
+
+# The driver-side checks of what the device wrote into the used ring (MalformedUsed reasons).
+USED_REASONS = (
+    "used-index-jump",  # used->idx moved past the number of buffers in flight
+    "used-id-out-of-range",  # used element id >= queue size
+    "used-id-not-in-flight",  # used element id is not the head of an outstanding chain (or was returned already)
+    "used-len-too-large",  # used length larger than the chain's device-writable bytes
+)
+
+
+def chain_error(reason: str, head: int, index: int, in_indirect: bool, a: int = 0, b: int = 0) -> MalformedChain:
+    """Build the MalformedChain for a failed device-side check; both twins word their errors through here.
+
+    ``index`` is the descriptor's slot in the table being walked (the indirect table when ``in_indirect``);
+    ``a`` and ``b`` are the values the check compared (their meaning depends on ``reason``).
+    """
+    where = f"indirect descriptor {index} of head {head}" if in_indirect else f"descriptor {index} of head {head}"
+    if reason == "avail-index-jump":
+        text = f"avail index {a} is {(a - b) & 0xFFFF} entries past last_avail_idx {b}, more than the queue size"
+    elif reason == "head-out-of-range":
+        text = f"avail ring holds head {head}, not below the queue size {a}"
+    elif reason == "head-in-flight":
+        text = f"head {head} was made available again before the device returned it"
+    elif reason == "next-out-of-range":
+        text = f"{where} links to next {a}, not below the table size {b}"
+    elif reason == "chain-loop":
+        text = f"{where}: the chain has more than {a} descriptors (a loop, or longer than its table)"
+    elif reason == "indirect-not-negotiated":
+        text = f"{where} is indirect but VIRTIO_F_INDIRECT_DESC was not negotiated"
+    elif reason == "nested-indirect":
+        text = f"{where} is an indirect descriptor inside an indirect table"
+    elif reason == "indirect-with-next":
+        text = f"{where} sets both INDIRECT and NEXT"
+    elif reason == "indirect-len-zero":
+        text = f"{where} refers to an indirect table of length 0"
+    elif reason == "indirect-len-unaligned":
+        text = f"{where} refers to an indirect table of length {a}, not a multiple of 16"
+    elif reason == "indirect-too-large":
+        text = f"{where} refers to an indirect table of {a // 16} entries, more than the limit {b}"
+    elif reason == "indirect-outside-memory":
+        text = f"{where} refers to an indirect table at {a:#x} (+{b}) that is not inside one guest memory region"
+    elif reason == "readable-after-writable":
+        text = f"{where} is device-readable after a device-writable descriptor"
+    elif reason == "zero-length":
+        text = f"{where} has a buffer of length 0"
+    elif reason == "chain-too-large":
+        text = f"{where}: the chain's total length exceeds 2**32 - 1 bytes"
+    elif reason == "buffer-outside-memory":
+        text = f"{where} has a buffer at {a:#x} (+{b}) that leaves guest memory"
+    else:  # pragma: no cover - a reason without wording is a bug in vring itself
+        raise AssertionError(f"unknown chain check {reason!r}")
+    return MalformedChain(f"malformed chain ({reason}): {text}", reason)
+
+
+def used_error(reason: str, position: int, a: int = 0, b: int = 0) -> MalformedUsed:
+    """Build the MalformedUsed for a failed driver-side check of the used ring (shared wording, both twins)."""
+    if reason == "used-index-jump":
+        text = f"used index {a} is more than the {b} published buffers past last_used_idx {position}"
+    elif reason == "used-id-out-of-range":
+        text = f"used element {position} returns id {a}, not below the queue size {b}"
+    elif reason == "used-id-not-in-flight":
+        text = f"used element {position} returns id {a}, which is not the head of an outstanding chain"
+    elif reason == "used-len-too-large":
+        text = f"used element {position} reports {a} bytes written, more than the chain's {b} writable bytes"
+    else:  # pragma: no cover
+        raise AssertionError(f"unknown used check {reason!r}")
+    return MalformedUsed(f"malformed used ring ({reason}): {text}", reason)
+
+
+def broken_error(side: str, cause: VringError | None) -> QueueBroken:
+    why = f": {cause}" if cause is not None else ""
+    return QueueBroken(f"{side} queue is broken{why}; reset() it to use it again")

@@ -1,0 +1,82 @@
+"""Where a split virtqueue's three areas live in guest-physical memory (spec "Split Virtqueues")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._errors import LayoutError
+from ._features import DESC_SIZE, MAX_QUEUE_SIZE
+
+_U64 = (1 << 64) - 1
+
+
+def check_queue_size(size: int) -> None:
+    """Queue Size is a power of 2, at most 32768 (spec 2.7 "Split Virtqueues")."""
+    if not isinstance(size, int) or size < 1 or size > MAX_QUEUE_SIZE or size & (size - 1):
+        raise LayoutError(f"queue size {size!r} is not a power of two between 1 and {MAX_QUEUE_SIZE}", "queue-size")
+
+
+def _align_up(value: int, align: int) -> int:
+    return (value + align - 1) & ~(align - 1)
+
+
+@dataclass(frozen=True)
+class SplitLayout:
+    """Guest-physical addresses of the descriptor table, the avail ring and the used ring of one queue.
+
+    Alignment (spec 2.7.1 "Virtqueue Alignment"): descriptor table 16, available ring 2, used ring 4.
+    """
+
+    size: int
+    desc: int
+    avail: int
+    used: int
+
+    def __post_init__(self) -> None:
+        check_queue_size(self.size)
+        for name, addr, align, length in (
+            ("descriptor table", self.desc, 16, self.desc_bytes),
+            ("avail ring", self.avail, 2, self.avail_bytes),
+            ("used ring", self.used, 4, self.used_bytes),
+        ):
+            if not isinstance(addr, int) or addr < 0 or addr + length - 1 > _U64:
+                raise LayoutError(f"{name} address {addr!r} is not a 64-bit guest-physical address", "ring-address")
+            if addr % align:
+                raise LayoutError(f"{name} at {addr:#x} is not {align}-byte aligned", "ring-alignment")
+        areas = sorted(self.areas())
+        for (a0, n0), (a1, _n1) in zip(areas, areas[1:]):
+            if a0 + n0 > a1:
+                raise LayoutError("the ring areas overlap", "ring-overlap")
+
+    # Sizes from the spec's struct definitions; the trailing u16 is used_event / avail_event (EVENT_IDX).
+    @property
+    def desc_bytes(self) -> int:
+        return DESC_SIZE * self.size
+
+    @property
+    def avail_bytes(self) -> int:
+        return 6 + 2 * self.size  # flags, idx, ring[size], used_event
+
+    @property
+    def used_bytes(self) -> int:
+        return 6 + 8 * self.size  # flags, idx, ring[size] of {id, len}, avail_event
+
+    def areas(self) -> list[tuple[int, int]]:
+        """(guest-physical address, length) of the descriptor table, avail ring and used ring."""
+        return [(self.desc, self.desc_bytes), (self.avail, self.avail_bytes), (self.used, self.used_bytes)]
+
+    @staticmethod
+    def contiguous_bytes(size: int, align: int = 4096) -> int:
+        """Bytes a legacy single-area ring of ``size`` entries needs (the legacy interface's vring_size)."""
+        check_queue_size(size)
+        return _align_up(DESC_SIZE * size + 2 * (3 + size), align) + 2 * 3 + 8 * size
+
+    @classmethod
+    def contiguous(cls, size: int, base: int, align: int = 4096) -> "SplitLayout":
+        """The legacy layout: descriptor table at ``base``, avail ring right after, used ring at the next ``align``."""
+        check_queue_size(size)
+        if align < 4 or align & (align - 1):
+            raise LayoutError(f"alignment {align} is not a power of two >= 4", "ring-alignment")
+        avail = base + DESC_SIZE * size
+        used = _align_up(avail + 2 * (3 + size), align)
+        return cls(size, base, avail, used)
