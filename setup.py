@@ -11,7 +11,8 @@ from setuptools import Extension, setup
 
 debug = os.environ.get("VRING_DEBUG", "") not in ("", "0")
 compile_args = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O2"]
-compile_args += ["-Wall", "-Wno-unused-function", "-Wno-unreachable-code"]
+# The engine reads shared memory through differently typed pointers on purpose: no strict aliasing.
+compile_args += ["-fno-strict-aliasing", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"]
 directives = {"language_level": "3", "embedsignature": True}
 if debug:
     directives.update(boundscheck=True, wraparound=True, initializedcheck=True)

@@ -25,18 +25,18 @@ from ._state import QueueState
 from ._version import __version__
 
 if os.environ.get("VRING_PUREPYTHON", "") not in ("", "0"):
-    from ._pyring import Chain, DeviceQueue, DriverQueue, GuestMemory
+    from ._pyring import Batch, Chain, DeviceQueue, DriverQueue, GuestMemory
 
     IMPLEMENTATION = "python"
 else:
     try:
-        from ._cring import Chain, DeviceQueue, DriverQueue, GuestMemory
+        from ._cring import Batch, Chain, DeviceQueue, DriverQueue, GuestMemory
     except ImportError:
         # Only an interpreter that cannot load CPython extensions falls back; on CPython a missing or broken
         # extension is an installation error worth a loud failure.
         if platform.python_implementation() == "CPython":
             raise
-        from ._pyring import Chain, DeviceQueue, DriverQueue, GuestMemory
+        from ._pyring import Batch, Chain, DeviceQueue, DriverQueue, GuestMemory
 
         IMPLEMENTATION = "python"
     else:
@@ -46,6 +46,7 @@ __all__ = [
     "ENGINE_FEATURES",
     "IMPLEMENTATION",
     "AddressError",
+    "Batch",
     "Chain",
     "DeviceQueue",
     "DriverQueue",

@@ -10,6 +10,8 @@ cdef extern from "barrier.h" nogil:
     uint16_t vring_read_shared_u16(const uint16_t *p)
     void vring_write_shared_u16(uint16_t *p, uint16_t value)
     void vring_copy_once(void *dst, const void *shared, size_t n)
+    void vring_load_desc_once(uint64_t *words, const void *src)
+    uint64_t vring_load_used_elem_once(const void *src)
 
 
 ctypedef struct vring_desc:          # struct virtq_desc
@@ -53,6 +55,7 @@ ctypedef struct SplitDev:
     uint16_t *avail                  # [0] flags, [1] idx, [2 + i] ring[i], [2 + size] used_event
     unsigned char *used              # +0 flags, +2 idx, +4 ring of elems, +4 + 8 * size avail_event
     uint16_t last_avail
+    uint16_t avail_shadow             # avail->idx as last read: re-read only once it is used up
     uint16_t used_idx
     uint16_t signalled_used
     uint16_t used_flags
@@ -84,6 +87,7 @@ ctypedef struct SplitDrv:
     uint16_t avail_idx
     uint16_t published
     uint16_t last_used
+    uint16_t used_shadow              # used->idx as last read: re-read only once it is used up
     uint16_t avail_flags
     bint event_idx
     bint use_indirect
@@ -92,6 +96,22 @@ ctypedef struct SplitDrv:
     unsigned char *indirect_host
     uint32_t indirect_max
     uint32_t indirect_threshold
+
+
+cdef class Batch:
+    cdef readonly Py_ssize_t capacity
+    cdef readonly Py_ssize_t max_segments
+    cdef public Py_ssize_t count
+    cdef readonly object heads, lens, nsegs, seg_start, readable_len, writable_len, seg_addr, seg_len, seg_writable
+    cdef uint16_t *heads_p
+    cdef uint32_t *lens_p
+    cdef uint32_t *nsegs_p
+    cdef uint32_t *seg_start_p
+    cdef uint32_t *readable_p
+    cdef uint32_t *writable_p
+    cdef uint64_t *seg_addr_p
+    cdef uint32_t *seg_len_p
+    cdef uint8_t *seg_writable_p
 
 
 cdef class GuestMemory:
@@ -128,6 +148,7 @@ cdef class DeviceQueue:
     cdef int _check(self) except -1
     cdef _fail(self, ChainError *err)
     cdef _push_error(self, int code, object head, object written)
+    cdef _push_many_error(self, int code, object head, object written)
 
 
 cdef class DriverQueue:
@@ -139,8 +160,11 @@ cdef class DriverQueue:
     cdef readonly object error
     cdef readonly object indirect_area
     cdef list _tokens
+    cdef uint8_t *_has_token           # 1 where _tokens holds a caller's token (batch paths skip the list)
     cdef unsigned long long _generation
     cdef int _bind(self) except -1
     cdef int _check(self) except -1
     cdef _fail_used(self, int code, uint64_t a, uint64_t b)
-    cdef _add_error(self, int code, uint32_t bad, const uint64_t *addrs, const long long *lens, uint32_t nseg)
+    cdef object _drop_token(self, uint16_t head)
+    cdef _add_error(self, int code, uint32_t bad, const uint64_t *addrs, const long long *lens, uint32_t nseg,
+                    list len_list=*)

@@ -11,6 +11,11 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memset, memcpy
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE, PyBUF_WRITABLE
+
+cdef extern from "Python.h":
+    ctypedef struct PyThreadState
+    PyThreadState *PyEval_SaveThread()
+    void PyEval_RestoreThread(PyThreadState *)
 cimport numpy as cnp
 
 import mmap as _mmap
@@ -83,6 +88,19 @@ cdef enum:
     U_ID_RANGE
     U_NOT_IN_FLIGHT
     U_LEN_LARGE
+
+# Batch loops shorter than this keep the GIL: releasing and taking it back costs more than such a loop.
+cdef enum:
+    NOGIL_MIN = 64
+
+
+cdef inline PyThreadState *gil_release_if(bint release) noexcept:
+    return PyEval_SaveThread() if release else NULL
+
+
+cdef inline void gil_restore(PyThreadState *ts) noexcept:
+    if ts != NULL:
+        PyEval_RestoreThread(ts)
 
 assert CHAIN_REASONS[E_BUFFER_MEMORY - 1] == "buffer-outside-memory"
 assert USED_REASONS[U_LEN_LARGE - 1] == "used-len-too-large"
@@ -368,6 +386,66 @@ cdef Chain make_chain(SplitDev *q, uint16_t head, list region_views):
     return c
 
 
+
+# ---------------------------------------------------------------------------------------------------------------
+# Batch
+# ---------------------------------------------------------------------------------------------------------------
+cdef class Batch:
+    """Arrays for up to ``capacity`` chains and ``max_segments`` buffer segments, reused from call to call.
+
+    Device side: ``DeviceQueue.pop_batch`` fills ``heads``, ``nsegs``, ``seg_start``, the ``seg_*`` arrays and the
+    ``readable_len`` / ``writable_len`` totals; the device sets ``lens`` (bytes written) and calls ``push_batch``.
+    Driver side: fill ``nsegs`` and the ``seg_*`` arrays (chain k takes the next ``nsegs[k]`` segments), call
+    ``DriverQueue.add_batch``, which fills ``heads``; ``reap_batch`` fills ``heads`` and ``lens``.
+    ``count`` is how many chains the last call filled. The arrays are bound once: batch calls pass only the batch.
+    """
+
+    def __init__(self, capacity, max_segments=None):
+        if capacity < 1:
+            raise ValueError("a batch holds at least one chain")
+        max_segments = 4 * capacity if max_segments is None else max_segments
+        if max_segments < 1:
+            raise ValueError("a batch holds at least one segment")
+        self.capacity = capacity
+        self.max_segments = max_segments
+        self.count = 0
+        self.heads = np.zeros(capacity, np.uint16)
+        self.lens = np.zeros(capacity, np.uint32)
+        self.nsegs = np.zeros(capacity, np.uint32)
+        self.seg_start = np.zeros(capacity + 1, np.uint32)
+        self.readable_len = np.zeros(capacity, np.uint32)
+        self.writable_len = np.zeros(capacity, np.uint32)
+        self.seg_addr = np.zeros(max_segments, np.uint64)
+        self.seg_len = np.zeros(max_segments, np.uint32)
+        self.seg_writable = np.zeros(max_segments, np.uint8)
+        self.heads_p = <uint16_t *>cnp.PyArray_DATA(self.heads)
+        self.lens_p = <uint32_t *>cnp.PyArray_DATA(self.lens)
+        self.nsegs_p = <uint32_t *>cnp.PyArray_DATA(self.nsegs)
+        self.seg_start_p = <uint32_t *>cnp.PyArray_DATA(self.seg_start)
+        self.readable_p = <uint32_t *>cnp.PyArray_DATA(self.readable_len)
+        self.writable_p = <uint32_t *>cnp.PyArray_DATA(self.writable_len)
+        self.seg_addr_p = <uint64_t *>cnp.PyArray_DATA(self.seg_addr)
+        self.seg_len_p = <uint32_t *>cnp.PyArray_DATA(self.seg_len)
+        self.seg_writable_p = <uint8_t *>cnp.PyArray_DATA(self.seg_writable)
+
+    def set_chains(self, segments, count):
+        """Driver side: ``count`` chains, each made of the same ``segments`` (address, length, device-writable)."""
+        per = len(segments)
+        if count > self.capacity or count * per > self.max_segments:
+            raise ValueError(f"{count} chains of {per} segments do not fit the batch")
+        for k, (addr, length, writable) in enumerate(segments):
+            self.seg_addr[k: count * per: per] = addr
+            self.seg_len[k: count * per: per] = length
+            self.seg_writable[k: count * per: per] = bool(writable)
+        self.nsegs[:count] = per
+
+    def segments(self, k):
+        """(address, length, device-writable) of chain ``k`` as the last ``pop_batch`` filled it."""
+        if not 0 <= k < self.count:
+            raise IndexError(f"chain {k} is not in the batch ({self.count} chains)")
+        start, end = self.seg_start_p[k], self.seg_start_p[k + 1]
+        return [(self.seg_addr_p[i], self.seg_len_p[i], bool(self.seg_writable_p[i])) for i in range(start, end)]
+
 # ---------------------------------------------------------------------------------------------------------------
 # Device side, in C
 # ---------------------------------------------------------------------------------------------------------------
@@ -400,9 +478,33 @@ cdef inline int dev_add_seg(SplitDev *q, uint64_t gpa, uint64_t offset, uint32_t
     return 0
 
 
-cdef int dev_walk(SplitDev *q, MemMap *m, uint16_t head, ChainError *err) noexcept nogil:
+cdef int dev_translate(SplitDev *q, MemMap *m, uint64_t gpa, uint64_t length, bint writable) noexcept nogil:
+    """Append [gpa, gpa + length) to q.segs, one piece per region crossed: 0, E_BUFFER_MEMORY or E_NOMEM."""
+    cdef int r
+    cdef uint64_t offset, piece
+    if gpa + (length - 1) < gpa:  # wraps past 2**64
+        return E_BUFFER_MEMORY
+    while length:
+        r = mem_find(m, gpa)
+        if r < 0:
+            return E_BUFFER_MEMORY
+        offset = gpa - m.regions[r].gpa
+        piece = m.regions[r].size - offset
+        if piece > length:
+            piece = length
+        if dev_add_seg(q, gpa, offset, <uint32_t>piece, r, writable) < 0:
+            return E_NOMEM
+        gpa += piece
+        length -= piece
+    return 0
+
+
+cdef inline int dev_walk(SplitDev *q, MemMap *m, uint16_t head, ChainError *err) noexcept nogil:
     """Walk the chain at ``head`` into q.segs; 0, or the failed check's code (with ``err`` filled in)."""
-    cdef vring_desc d
+    cdef uint64_t words[2]
+    cdef uint64_t addr, offset
+    cdef uint32_t length
+    cdef uint16_t flags, nxt
     cdef const vring_desc *table = q.desc
     cdef uint32_t limit = q.size  # entries of the table being walked
     cdef uint32_t index = head
@@ -410,86 +512,95 @@ cdef int dev_walk(SplitDev *q, MemMap *m, uint16_t head, ChainError *err) noexce
     cdef bint in_indirect = False
     cdef bint seen_writable = False
     cdef bint writable
-    cdef uint64_t total = 0, gpa, remaining, offset, piece
+    cdef uint64_t readable_len = 0, writable_len = 0
+    cdef Region *region
+    cdef Seg *seg
     cdef int r
     q.nseg = 0
-    q.readable_len = 0
-    q.writable_len = 0
     q.was_indirect = False
     while True:
         count += 1
         if count > limit:
             return dev_fail(err, E_LOOP, head, index, in_indirect, limit, 0)
-        # struct virtq_desc, read once: every check and every use below works on this copy.
-        vring_copy_once(&d, &table[index], sizeof(vring_desc))
-        if d.flags & DESC_F_INDIRECT:
+        # struct virtq_desc, read once: every check and every use below works on these local copies.
+        vring_load_desc_once(words, &table[index])
+        addr = words[0]
+        length = <uint32_t>words[1]
+        flags = <uint16_t>(words[1] >> 32)
+        nxt = <uint16_t>(words[1] >> 48)
+        if flags & DESC_F_INDIRECT:
             if not q.indirect:
                 return dev_fail(err, E_INDIRECT_NOT_NEGOTIATED, head, index, in_indirect, 0, 0)
             if in_indirect:
                 return dev_fail(err, E_NESTED_INDIRECT, head, index, in_indirect, 0, 0)
-            if d.flags & DESC_F_NEXT:
+            if flags & DESC_F_NEXT:
                 return dev_fail(err, E_INDIRECT_NEXT, head, index, in_indirect, 0, 0)
-            if d.len == 0:
+            if length == 0:
                 return dev_fail(err, E_INDIRECT_ZERO, head, index, in_indirect, 0, 0)
-            if d.len % sizeof(vring_desc):
-                return dev_fail(err, E_INDIRECT_UNALIGNED, head, index, in_indirect, d.len, 0)
-            if d.len // sizeof(vring_desc) > q.max_indirect:
-                return dev_fail(err, E_INDIRECT_LARGE, head, index, in_indirect, d.len, q.max_indirect)
-            table = <const vring_desc *>mem_ptr(m, d.addr, d.len)
-            if table == NULL or d.addr + (d.len - 1) < d.addr:
-                return dev_fail(err, E_INDIRECT_MEMORY, head, index, in_indirect, d.addr, d.len)
-            limit = d.len // sizeof(vring_desc)
+            if length % sizeof(vring_desc):
+                return dev_fail(err, E_INDIRECT_UNALIGNED, head, index, in_indirect, length, 0)
+            if length // sizeof(vring_desc) > q.max_indirect:
+                return dev_fail(err, E_INDIRECT_LARGE, head, index, in_indirect, length, q.max_indirect)
+            table = <const vring_desc *>mem_ptr(m, addr, length)
+            if table == NULL or addr + (length - 1) < addr:
+                return dev_fail(err, E_INDIRECT_MEMORY, head, index, in_indirect, addr, length)
+            limit = length // sizeof(vring_desc)
             index = 0
             count = 0
             in_indirect = True
             q.was_indirect = True
             continue
-        if d.len == 0:
+        if length == 0:
             return dev_fail(err, E_ZERO_LENGTH, head, index, in_indirect, 0, 0)
-        writable = (d.flags & DESC_F_WRITE) != 0
+        writable = (flags & DESC_F_WRITE) != 0
         if writable:
             seen_writable = True
-            q.writable_len += d.len
+            writable_len += length
         elif seen_writable:
             return dev_fail(err, E_READABLE_AFTER_WRITABLE, head, index, in_indirect, 0, 0)
         else:
-            q.readable_len += d.len
-        total += d.len
-        if total > U32_MAX:
+            readable_len += length
+        if readable_len + writable_len > U32_MAX:
             return dev_fail(err, E_CHAIN_LARGE, head, index, in_indirect, 0, 0)
-        # Translate, one piece per region crossed.
-        gpa = d.addr
-        remaining = d.len
-        if gpa + (remaining - 1) < gpa:
-            return dev_fail(err, E_BUFFER_MEMORY, head, index, in_indirect, d.addr, d.len)
-        while remaining:
-            r = mem_find(m, gpa)
-            if r < 0:
-                return dev_fail(err, E_BUFFER_MEMORY, head, index, in_indirect, d.addr, d.len)
-            offset = gpa - m.regions[r].gpa
-            piece = m.regions[r].size - offset
-            if piece > remaining:
-                piece = remaining
-            if dev_add_seg(q, gpa, offset, <uint32_t>piece, r, writable) < 0:
-                return dev_fail(err, E_NOMEM, head, index, in_indirect, 0, 0)
-            gpa += piece
-            remaining -= piece
-        if not d.flags & DESC_F_NEXT:
+        # Translate. Fast path: the buffer lies inside the region of the last hit and the scratch has room.
+        region = &m.regions[m.hint] if m.hint < m.n else NULL
+        offset = addr - region.gpa if region != NULL else 0
+        if (region != NULL and offset < region.size and length <= region.size - offset
+                and q.nseg < q.segs_cap):
+            seg = &q.segs[q.nseg]
+            seg.gpa = addr
+            seg.offset = offset
+            seg.len = length
+            seg.region = <uint16_t>m.hint
+            seg.writable = writable
+            q.nseg += 1
+        else:
+            r = dev_translate(q, m, addr, length, writable)
+            if r:
+                return dev_fail(err, r, head, index, in_indirect, addr, length)
+        if not flags & DESC_F_NEXT:
+            q.readable_len = <uint32_t>readable_len
+            q.writable_len = <uint32_t>writable_len
             return 0
-        if d.next >= limit:
-            return dev_fail(err, E_NEXT_RANGE, head, index, in_indirect, d.next, limit)
-        index = d.next
+        if nxt >= limit:
+            return dev_fail(err, E_NEXT_RANGE, head, index, in_indirect, nxt, limit)
+        index = nxt
 
 
-cdef int dev_pop(SplitDev *q, MemMap *m, uint16_t *head_out, ChainError *err) noexcept nogil:
-    """Pop the next chain into q.segs: 1 popped, 0 nothing available, or minus the failed check's code."""
-    cdef uint16_t avail_idx = vring_observe_idx(&q.avail[1])  # avail->idx, acquire: ring entries after it
-    cdef uint16_t head
+cdef inline int dev_peek(SplitDev *q, MemMap *m, uint16_t *head_out, ChainError *err) noexcept nogil:
+    """Read and check the next chain into q.segs without taking it: 1 found, 0 nothing available, or minus the
+    failed check's code."""
+    cdef uint16_t avail_idx
+    cdef uint16_t head = 0
     cdef int r
-    if avail_idx == q.last_avail:
-        return 0
-    if <uint16_t>(avail_idx - q.last_avail) > q.size:
-        return -dev_fail(err, E_AVAIL_JUMP, 0, 0, False, avail_idx, q.last_avail)
+    if q.avail_shadow == q.last_avail:
+        # Everything seen so far is consumed: look at avail->idx again (acquire: ring entries after it).
+        avail_idx = vring_observe_idx(&q.avail[1])
+        if avail_idx == q.last_avail:
+            return 0
+        if <uint16_t>(avail_idx - q.last_avail) > q.size:
+            return -dev_fail(err, E_AVAIL_JUMP, 0, 0, False, avail_idx, q.last_avail)
+        q.avail_shadow = avail_idx
     head = vring_read_shared_u16(&q.avail[2 + (q.last_avail & (q.size - 1))])  # avail->ring[], once
     if head >= q.size:
         return -dev_fail(err, E_HEAD_RANGE, head, 0, False, q.size, 0)
@@ -498,11 +609,23 @@ cdef int dev_pop(SplitDev *q, MemMap *m, uint16_t *head_out, ChainError *err) no
     r = dev_walk(q, m, head, err)
     if r:
         return -r
+    head_out[0] = head
+    return 1
+
+
+cdef inline void dev_commit(SplitDev *q, uint16_t head) noexcept nogil:
+    """Take the chain dev_peek found: it is in flight until pushed."""
     q.inflight[head] = 1
     q.inflight_wlen[head] = q.writable_len
     q.last_avail += 1
-    head_out[0] = head
-    return 1
+
+
+cdef inline int dev_pop(SplitDev *q, MemMap *m, uint16_t *head_out, ChainError *err) noexcept nogil:
+    """Pop the next chain into q.segs: 1 popped, 0 nothing available, or minus the failed check's code."""
+    cdef int r = dev_peek(q, m, head_out, err)
+    if r == 1:
+        dev_commit(q, head_out[0])
+    return r
 
 
 cdef inline void dev_after_pop(SplitDev *q) noexcept nogil:
@@ -529,6 +652,47 @@ cdef inline void dev_put_used(SplitDev *q, uint16_t head, uint32_t written) noex
     memcpy(q.used + 4 + 8 * (q.used_idx & (q.size - 1)), &elem, sizeof(elem))
     q.inflight[head] = 0
     q.used_idx += 1
+
+
+ctypedef fused push_head_t:
+    long long
+    uint16_t
+
+ctypedef fused push_len_t:
+    long long
+    uint32_t
+
+
+cdef int dev_push_all(SplitDev *q, const push_head_t *heads, const push_len_t *lens, Py_ssize_t n,
+                      Py_ssize_t *bad) noexcept nogil:
+    """Check every (head, written) first, then write the elements and publish used->idx once.
+
+    0, or 1 (not a held head), 2 (too many bytes), 3 (a head twice) with ``bad`` = the offending entry; nothing is
+    written on an error.
+    """
+    cdef Py_ssize_t i, j
+    cdef int code = 0
+    for i in range(n):
+        bad[0] = i
+        if heads[i] < 0 or heads[i] >= q.size:
+            code = 1
+        elif lens[i] < 0:
+            code = 2
+        else:
+            code = dev_check_push(q, <uint64_t>heads[i], <uint64_t>lens[i])
+        if code == 0 and q.inflight[heads[i]] == 2:
+            code = 3
+        if code:
+            for j in range(i):
+                q.inflight[heads[j]] = 1
+            return code
+        q.inflight[heads[i]] = 2  # seen in this batch (still in flight)
+    for i in range(n):
+        q.inflight[heads[i]] = 1
+        dev_put_used(q, <uint16_t>heads[i], <uint32_t>lens[i])
+    if n:
+        vring_publish_idx(<uint16_t *>(q.used + 2), q.used_idx)  # used->idx, release: the elements first
+    return 0
 
 
 cdef inline bint dev_notify_needed(SplitDev *q) noexcept nogil:
@@ -631,6 +795,7 @@ cdef class DeviceQueue:
     def reset(self):
         """Forget everything (device reset): indices back to 0, no chain in flight, not broken."""
         self.q.last_avail = 0
+        self.q.avail_shadow = 0
         self.q.used_idx = 0
         self.broken = False
         self.error = None
@@ -650,6 +815,7 @@ cdef class DeviceQueue:
         self.reset()
         self._bind()
         self.q.last_avail = int(state.last_avail_idx) & 0xFFFF
+        self.q.avail_shadow = self.q.last_avail
         if state.used_idx is None:
             self.q.used_idx = vring_read_shared_u16(<uint16_t *>(self.q.used + 2))  # used->idx
         else:
@@ -666,7 +832,7 @@ cdef class DeviceQueue:
     def pop(self):
         """The next available chain, or None. Raises MalformedChain (and latches broken) on bad driver input."""
         cdef ChainError err
-        cdef uint16_t head
+        cdef uint16_t head = 0
         self._check()
         cdef int r = dev_pop(&self.q, &self.mem.map, &head, &err)
         if r == 0:
@@ -679,7 +845,7 @@ cdef class DeviceQueue:
     def pop_many(self, n):
         """Up to ``n`` available chains."""
         cdef ChainError err
-        cdef uint16_t head
+        cdef uint16_t head = 0
         cdef int r
         cdef Py_ssize_t want = n
         self._check()
@@ -718,37 +884,82 @@ cdef class DeviceQueue:
         """Return several chains; the used index is published once, after all their elements."""
         cdef cnp.ndarray h = _int_array(heads, np.int64)
         cdef cnp.ndarray l = _int_array(lens, np.int64)
-        cdef Py_ssize_t n = cnp.PyArray_DIM(h, 0), i = 0, j
+        cdef Py_ssize_t n = cnp.PyArray_DIM(h, 0), i = 0
         cdef const long long *hp = <const long long *>cnp.PyArray_DATA(h)
         cdef const long long *lp = <const long long *>cnp.PyArray_DATA(l)
         cdef int code = 0
         self._check()
         if cnp.PyArray_DIM(l, 0) != n:
             raise ValueError("heads and lens differ in length")
-        with nogil:
-            for i in range(n):
-                if hp[i] < 0 or hp[i] >= self.q.size or lp[i] < 0:
-                    code = 1 if (hp[i] < 0 or hp[i] >= self.q.size) else 2
-                else:
-                    code = dev_check_push(&self.q, hp[i], lp[i])
-                if code == 0 and self.q.inflight[hp[i]] == 2:
-                    code = 3
-                if code:
-                    break
-                self.q.inflight[hp[i]] = 2  # mark: seen in this batch
-            if code:
-                for j in range(i):
-                    self.q.inflight[hp[j]] = 1
-            else:
-                for i in range(n):
-                    self.q.inflight[hp[i]] = 1
-                    dev_put_used(&self.q, <uint16_t>hp[i], <uint32_t>lp[i])
-                if n:
-                    vring_publish_idx(<uint16_t *>(self.q.used + 2), self.q.used_idx)  # used->idx, release
-        if code == 3:
-            raise ValueError(f"head {hp[i]} is pushed twice in one batch")
+        cdef PyThreadState *_ts = gil_release_if(n >= NOGIL_MIN)  # the loop below touches no Python object
+        code = dev_push_all(&self.q, hp, lp, n, &i)
+        gil_restore(_ts)
         if code:
-            self._push_error(code, hp[i], lp[i])
+            self._push_many_error(code, hp[i], lp[i])
+
+    cdef _push_many_error(self, int code, object head, object written):
+        if code == 3:
+            raise ValueError(f"head {head} is pushed twice in one batch")
+        self._push_error(code, head, written)
+
+    def pop_batch(self, Batch batch not None):
+        """Pop up to ``batch.capacity`` chains into ``batch`` (heads, segments, totals); returns the count.
+
+        A chain whose segments no longer fit the batch stays in the ring for the next call.
+        """
+        cdef ChainError err
+        cdef uint16_t head = 0
+        cdef int r = 0
+        cdef bint too_big = False
+        cdef Py_ssize_t n = 0, cap = batch.capacity, max_seg = batch.max_segments
+        cdef uint32_t seg = 0, i
+        cdef Seg *s
+        self._check()
+        batch.seg_start_p[0] = 0
+        cdef PyThreadState *_ts = gil_release_if(cap >= NOGIL_MIN)  # the loop below touches no Python object
+        while n < cap:
+            r = dev_peek(&self.q, &self.mem.map, &head, &err)
+            if r <= 0:
+                break
+            if seg + self.q.nseg > max_seg:
+                too_big = n == 0
+                break
+            dev_commit(&self.q, head)
+            for i in range(self.q.nseg):
+                s = &self.q.segs[i]
+                batch.seg_addr_p[seg] = s.gpa
+                batch.seg_len_p[seg] = s.len
+                batch.seg_writable_p[seg] = s.writable
+                seg += 1
+            batch.heads_p[n] = head
+            batch.nsegs_p[n] = self.q.nseg
+            batch.seg_start_p[n + 1] = seg
+            batch.readable_p[n] = self.q.readable_len
+            batch.writable_p[n] = self.q.writable_len
+            n += 1
+        if n and r >= 0:
+            dev_after_pop(&self.q)
+        gil_restore(_ts)
+        batch.count = n
+        if r < 0:
+            self._fail(&err)
+        if too_big:
+            raise ValueError(f"a chain of {self.q.nseg} segments does not fit a batch of {max_seg} segments")
+        return n
+
+    def push_batch(self, Batch batch not None, count=None):
+        """Return the first ``count`` (default ``batch.count``) chains of ``batch`` with ``batch.lens`` bytes
+        written; the used index is published once."""
+        cdef Py_ssize_t n = batch.count if count is None else count, i
+        cdef int code = 0
+        if not 0 <= n <= batch.capacity:
+            raise ValueError(f"count {n} is outside the batch's capacity {batch.capacity}")
+        self._check()
+        cdef PyThreadState *_ts = gil_release_if(n >= NOGIL_MIN)  # the loop below touches no Python object
+        code = dev_push_all(&self.q, batch.heads_p, batch.lens_p, n, &i)
+        gil_restore(_ts)
+        if code:
+            self._push_many_error(code, batch.heads_p[i], batch.lens_p[i])
 
     # -- notifications -------------------------------------------------------------------------------------
     def notify_needed(self):
@@ -799,7 +1010,12 @@ cdef inline uint32_t drv_needed(SplitDrv *q, uint32_t nseg) noexcept nogil:
     return 1 if drv_indirect_for(q, nseg) else nseg
 
 
-cdef int drv_add(SplitDrv *q, MemMap *m, const uint64_t *addrs, const long long *lens, const uint8_t *wr,
+ctypedef fused seg_len_t:
+    long long   # lengths from Python or int64 arrays: may be out of range, checked below
+    uint32_t    # lengths from a Batch
+
+
+cdef inline int drv_add(SplitDrv *q, MemMap *m, const uint64_t *addrs, const seg_len_t *lens, const uint8_t *wr,
                  uint32_t nseg, uint16_t *head_out, uint32_t *bad) noexcept nogil:
     """Add one chain: 0, or an A_* code (``bad`` = the offending segment where there is one)."""
     cdef uint64_t wlen = 0
@@ -812,8 +1028,12 @@ cdef int drv_add(SplitDrv *q, MemMap *m, const uint64_t *addrs, const long long 
         return A_EMPTY
     for k in range(nseg):
         bad[0] = k
-        if lens[k] < 1 or lens[k] > <long long>U32_MAX:
-            return A_LEN
+        if seg_len_t is uint32_t:
+            if lens[k] == 0:
+                return A_LEN
+        else:
+            if lens[k] < 1 or lens[k] > <long long>U32_MAX:
+                return A_LEN
         if wr[k]:
             seen_w = True
             wlen += <uint64_t>lens[k]
@@ -895,20 +1115,27 @@ cdef inline void drv_free_chain(SplitDrv *q, uint16_t head) noexcept nogil:
     q.inflight[head] = 0
 
 
-cdef int drv_reap_one(SplitDrv *q, uint16_t *head, uint32_t *written, uint64_t *a, uint64_t *b) noexcept nogil:
+cdef inline int drv_reap_one(SplitDrv *q, uint16_t *head, uint32_t *written, uint64_t *a, uint64_t *b) noexcept nogil:
     """1 reaped one, 0 nothing, or minus a U_* code (``a``, ``b`` = the values the check compared)."""
-    cdef uint16_t used_idx = vring_observe_idx(<uint16_t *>(q.used + 2))  # used->idx, acquire: elements after
+    cdef uint16_t used_idx
     cdef uint16_t last = q.last_used
     cdef uint16_t outstanding
     cdef vring_used_elem elem
-    if used_idx == last:
-        return 0
-    outstanding = q.published - last
-    if <uint16_t>(used_idx - last) > outstanding:
-        a[0] = used_idx
-        b[0] = outstanding
-        return -U_INDEX_JUMP
-    vring_copy_once(&elem, q.used + 4 + 8 * (last & (q.size - 1)), sizeof(elem))  # used->ring[], once
+    cdef uint64_t raw
+    if q.used_shadow == last:
+        # Everything seen so far is reaped: look at used->idx again (acquire: elements after it).
+        used_idx = vring_observe_idx(<uint16_t *>(q.used + 2))
+        if used_idx == last:
+            return 0
+        outstanding = q.published - last
+        if <uint16_t>(used_idx - last) > outstanding:
+            a[0] = used_idx
+            b[0] = outstanding
+            return -U_INDEX_JUMP
+        q.used_shadow = used_idx
+    raw = vring_load_used_elem_once(q.used + 4 + 8 * (last & (q.size - 1)))  # used->ring[], once
+    elem.id = <uint32_t>raw
+    elem.len = <uint32_t>(raw >> 32)
     a[0] = elem.id
     if elem.id >= q.size:
         b[0] = q.size
@@ -959,6 +1186,7 @@ cdef class DriverQueue:
         free(self.q.ndesc)
         free(self.q.wlen)
         free(self.q.inflight)
+        free(self._has_token)
 
     def __init__(self, GuestMemory mem, layout, features=0, *, indirect_area=None, indirect_max=16,
                  indirect_threshold=2):
@@ -985,7 +1213,9 @@ cdef class DriverQueue:
         self.q.ndesc = <uint16_t *>malloc(n * sizeof(uint16_t))
         self.q.wlen = <uint32_t *>malloc(n * sizeof(uint32_t))
         self.q.inflight = <uint8_t *>malloc(n)
-        if self.q.next == NULL or self.q.ndesc == NULL or self.q.wlen == NULL or self.q.inflight == NULL:
+        self._has_token = <uint8_t *>malloc(n)
+        if (self.q.next == NULL or self.q.ndesc == NULL or self.q.wlen == NULL or self.q.inflight == NULL
+                or self._has_token == NULL):
             raise MemoryError()
         self.reset()
 
@@ -1028,6 +1258,15 @@ cdef class DriverQueue:
         self.error = e
         raise e
 
+    cdef inline object _drop_token(self, uint16_t head):
+        """The token of a reaped chain (its head if it had none), forgotten by the queue."""
+        if not self._has_token[head]:
+            return head
+        token = self._tokens[head]
+        self._tokens[head] = None
+        self._has_token[head] = 0
+        return token
+
     def reset(self):
         """Zero the three ring areas and start over with every descriptor free."""
         cdef uint32_t i
@@ -1042,9 +1281,11 @@ cdef class DriverQueue:
         self.q.num_free = self.q.size
         memset(self.q.inflight, 0, self.q.size)
         self._tokens = [None] * self.q.size
+        memset(self._has_token, 0, self.q.size)
         self.q.avail_idx = 0
         self.q.published = 0
         self.q.last_used = 0
+        self.q.used_shadow = 0
         self.q.avail_flags = 0
         self.q.interrupts_enabled = True
         self.broken = False
@@ -1083,15 +1324,20 @@ cdef class DriverQueue:
         return n
 
     # -- adding --------------------------------------------------------------------------------------------
-    cdef _add_error(self, int code, uint32_t bad, const uint64_t *addrs, const long long *lens, uint32_t nseg):
+    cdef _add_error(self, int code, uint32_t bad, const uint64_t *addrs, const long long *lens, uint32_t nseg,
+                    list len_list=None):
+        if len_list is not None:
+            length = len_list[bad] if bad < len(len_list) else 0
+        elif lens != NULL:
+            length = lens[bad]
         if code == A_EMPTY:
             raise ValueError("a chain needs at least one buffer")
         if code == A_LEN:
-            raise ValueError(f"buffer length {lens[bad]} is not between 1 and 2**32 - 1")
+            raise ValueError(f"buffer length {length} is not between 1 and 2**32 - 1")
         if code == A_ORDER:
             raise ValueError("device-readable buffers must come before device-writable ones")
         if code == A_ADDR:
-            raise AddressError(f"buffer {addrs[bad]:#x} (+{lens[bad]}) is outside guest memory")
+            raise AddressError(f"buffer {addrs[bad]:#x} (+{length}) is outside guest memory")
         if code == A_WLEN:
             raise ValueError("the chain's writable length exceeds 2**32 - 1")
         if code == A_LONG:
@@ -1111,7 +1357,7 @@ cdef class DriverQueue:
         cdef long long *lens = lens_s
         cdef uint8_t *wr = wr_s
         cdef uint32_t k = 0, bad = 0, nseg
-        cdef uint16_t head
+        cdef uint16_t head = 0
         cdef int code
         self._check()
         nseg = len(out) + len(in_)
@@ -1141,7 +1387,9 @@ cdef class DriverQueue:
                 free(addrs)
                 free(lens)
                 free(wr)
-        self._tokens[head] = token
+        if token is not None:
+            self._tokens[head] = token
+            self._has_token[head] = 1
         return head
 
     def add_many(self, addrs, lens, writable, chain_segs, heads=None):
@@ -1184,24 +1432,79 @@ cdef class DriverQueue:
         cdef const uint64_t *ap = <const uint64_t *>cnp.PyArray_DATA(a)
         cdef const long long *lp = <const long long *>cnp.PyArray_DATA(l)
         cdef const uint8_t *wp = <const uint8_t *>cnp.PyArray_DATA(w)
-        with nogil:
-            for c in range(nchains):
-                nseg = <uint32_t>(each if cp == NULL else cp[c])
-                if self.q.num_free < drv_needed(&self.q, nseg):
-                    break
-                code = drv_add(&self.q, &self.mem.map, ap + start, lp + start, wp + start, nseg, &hp[done], &bad)
-                if code:
-                    break
-                start += nseg
-                done += 1
-        for c in range(done):
-            self._tokens[hp[c]] = None
+        cdef PyThreadState *_ts = gil_release_if(nchains >= NOGIL_MIN)  # the loop below touches no Python object
+        for c in range(nchains):
+            nseg = <uint32_t>(each if cp == NULL else cp[c])
+            if self.q.num_free < drv_needed(&self.q, nseg):
+                break
+            code = drv_add(&self.q, &self.mem.map, ap + start, lp + start, wp + start, nseg, &hp[done], &bad)
+            if code:
+                break
+            start += nseg
+            done += 1
+        gil_restore(_ts)
         if heads is not None and not direct:
             for c in range(done):
                 heads[c] = hp[c]
         if code:
             self._add_error(code, bad, ap + start, lp + start, nseg)
         return done
+
+    def add_batch(self, Batch batch not None, count):
+        """Add the first ``count`` chains described in ``batch`` (``nsegs`` and the ``seg_*`` arrays); their heads
+        go into ``batch.heads``. Returns how many were added (stops early when the ring is full)."""
+        cdef Py_ssize_t n = count, k, done = 0
+        cdef uint32_t start = 0, nseg = 0, bad = 0
+        cdef int code = 0
+        cdef bint overrun = False
+        if not 0 <= n <= batch.capacity:
+            raise ValueError(f"count {n} is outside the batch's capacity {batch.capacity}")
+        self._check()
+        cdef PyThreadState *_ts = gil_release_if(n >= NOGIL_MIN)  # the loop below touches no Python object
+        for k in range(n):
+            nseg = batch.nsegs_p[k]
+            if <Py_ssize_t>start + nseg > batch.max_segments:
+                overrun = True
+                break
+            if self.q.num_free < drv_needed(&self.q, nseg):
+                break
+            code = drv_add(&self.q, &self.mem.map, batch.seg_addr_p + start, batch.seg_len_p + start,
+                           batch.seg_writable_p + start, nseg, &batch.heads_p[k], &bad)
+            if code:
+                break
+            start += nseg
+            done += 1
+        gil_restore(_ts)
+        batch.count = done
+        if overrun:
+            raise ValueError(f"chain {done} runs past the batch's {batch.max_segments} segments")
+        if code:
+            lens = [batch.seg_len_p[start + k] for k in range(nseg)]
+            self._add_error(code, bad, batch.seg_addr_p + start, NULL, nseg, lens)
+        return done
+
+    def reap_batch(self, Batch batch not None):
+        """Reap up to ``batch.capacity`` used buffers into ``batch.heads`` and ``batch.lens``; returns the count."""
+        cdef Py_ssize_t n = 0, cap = batch.capacity, i
+        cdef uint64_t a = 0, b = 0
+        cdef int r = 0
+        self._check()
+        cdef PyThreadState *_ts = gil_release_if(cap >= NOGIL_MIN)  # the loop below touches no Python object
+        while n < cap:
+            r = drv_reap_one(&self.q, &batch.heads_p[n], &batch.lens_p[n], &a, &b)
+            if r <= 0:
+                break
+            n += 1
+        if n:
+            drv_after_reap(&self.q)
+        gil_restore(_ts)
+        batch.count = n
+        for i in range(n):
+            if self._has_token[batch.heads_p[i]]:
+                self._drop_token(batch.heads_p[i])
+        if r < 0:
+            self._fail_used(-r, a, b)
+        return n
 
     # -- kicking -------------------------------------------------------------------------------------------
     def kick_needed(self):
@@ -1212,7 +1515,7 @@ cdef class DriverQueue:
     # -- reaping -------------------------------------------------------------------------------------------
     def get_used(self):
         """The next (token, written length) the device returned, or None."""
-        cdef uint16_t head
+        cdef uint16_t head = 0
         cdef uint32_t written
         cdef uint64_t a = 0, b = 0
         self._check()
@@ -1222,13 +1525,11 @@ cdef class DriverQueue:
         if r < 0:
             self._fail_used(-r, a, b)
         drv_after_reap(&self.q)
-        token = self._tokens[head]
-        self._tokens[head] = None
-        return (head if token is None else token), written
+        return self._drop_token(head), written
 
     def pop_used(self, max_count=None):
         """Every (token, written length) the device returned so far (at most ``max_count``)."""
-        cdef uint16_t head
+        cdef uint16_t head = 0
         cdef uint32_t written
         cdef uint64_t a = 0, b = 0
         cdef int r
@@ -1241,9 +1542,7 @@ cdef class DriverQueue:
                 break
             if r < 0:
                 self._fail_used(-r, a, b)
-            token = self._tokens[head]
-            self._tokens[head] = None
-            out.append(((head if token is None else token), written))
+            out.append((self._drop_token(head), written))
         if out:
             drv_after_reap(&self.q)
         return out
@@ -1265,16 +1564,18 @@ cdef class DriverQueue:
         l = lens if direct_l else np.empty(want, np.uint32)
         hp = <uint16_t *>cnp.PyArray_DATA(h)
         lp = <uint32_t *>cnp.PyArray_DATA(l)
-        with nogil:
-            while n < want:
-                r = drv_reap_one(&self.q, &hp[n], &lp[n], &a, &b)
-                if r <= 0:
-                    break
-                n += 1
-            if n:
-                drv_after_reap(&self.q)
+        cdef PyThreadState *_ts = gil_release_if(want >= NOGIL_MIN)  # the loop below touches no Python object
+        while n < want:
+            r = drv_reap_one(&self.q, &hp[n], &lp[n], &a, &b)
+            if r <= 0:
+                break
+            n += 1
+        if n:
+            drv_after_reap(&self.q)
+        gil_restore(_ts)
         for i in range(n):
-            self._tokens[hp[i]] = None
+            if self._has_token[hp[i]]:
+                self._drop_token(hp[i])
             if not direct_h:
                 heads[i] = hp[i]
             if not direct_l:
@@ -1307,3 +1608,73 @@ cdef class DriverQueue:
         # The store above must be visible before we read used->idx again, or an interrupt can be lost.
         vring_fence_store_then_check()
         return vring_observe_idx(<uint16_t *>(self.q.used + 2)) != self.q.last_used
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The C floor: the request cycle with no Python in the loop (benchmarks measure the Python-facing APIs against it)
+# ---------------------------------------------------------------------------------------------------------------
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+
+cdef inline long long now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec
+
+
+def run_cycles(DriverQueue drv not None, DeviceQueue dev not None, Batch shape not None, long long n,
+               int batch=32):
+    """Run ``n`` request cycles entirely in C and return the nanoseconds they took.
+
+    Each round the driver adds ``batch`` chains shaped like chain 0 of ``shape`` (drv_add), publishes and checks
+    for a kick (drv_kick_needed); the device pops them (dev_pop), returns each with its writable length
+    (dev_put_used), publishes the used index once and checks for an interrupt (dev_notify_needed); the driver
+    reaps them (drv_reap_one). The same functions, on the same rings, as the Python-facing calls use.
+    """
+    cdef ChainError err
+    cdef uint16_t head = 0
+    cdef uint32_t written, bad = 0, nseg = shape.nsegs_p[0]
+    cdef uint64_t a = 0, b = 0
+    cdef long long done = 0, start, elapsed
+    cdef int k, r = 0, round_size
+    if batch < 1 or nseg < 1 or nseg > shape.max_segments:
+        raise ValueError("need batch >= 1 and a first chain in shape")
+    if dev.mem is not drv.mem or dev.layout != drv.layout:
+        raise ValueError("the driver and the device must share one ring")
+    drv._check()
+    dev._check()
+    with nogil:
+        start = now_ns()
+        while done < n:
+            round_size = <int>min(<long long>batch, n - done)
+            for k in range(round_size):
+                r = drv_add(&drv.q, &drv.mem.map, shape.seg_addr_p, shape.seg_len_p, shape.seg_writable_p, nseg,
+                            &head, &bad)
+                if r:
+                    break
+            if r:
+                break
+            drv_kick_needed(&drv.q)
+            for k in range(round_size):
+                r = dev_pop(&dev.q, &dev.mem.map, &head, &err)
+                if r != 1:
+                    break
+                dev_put_used(&dev.q, head, dev.q.writable_len)
+            if r != 1:
+                break
+            dev_after_pop(&dev.q)
+            vring_publish_idx(<uint16_t *>(dev.q.used + 2), dev.q.used_idx)  # used->idx, release
+            dev_notify_needed(&dev.q)
+            for k in range(round_size):
+                r = drv_reap_one(&drv.q, &head, &written, &a, &b)
+                if r != 1:
+                    break
+            if r != 1:
+                break
+            drv_after_reap(&drv.q)
+            r = 0
+            done += round_size
+        elapsed = now_ns() - start
+    if done < n:
+        raise RuntimeError(f"the C cycle stopped after {done} requests (code {r}): is the ring in use or too small?")
+    return elapsed

@@ -37,6 +37,12 @@ def _demo(_args: argparse.Namespace) -> int:
     return demo()
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from vring.bench import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vring", description="virtio virtqueues for Python")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
     demo = sub.add_parser("demo", help="a driver and a device exchanging one request")
     demo.set_defaults(func=_demo)
+    bench = sub.add_parser("bench", help="requests/s of each API and twin, against the C floor")
+    from vring.bench import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -1,6 +1,7 @@
 """The pure-Python twin of the engine: the readable reference and the benchmark baseline."""
 
+from .batch import Batch
 from .memory import GuestMemory
 from .split import Chain, DeviceQueue, DriverQueue
 
-__all__ = ["Chain", "DeviceQueue", "DriverQueue", "GuestMemory"]
+__all__ = ["Batch", "Chain", "DeviceQueue", "DriverQueue", "GuestMemory"]

@@ -34,6 +34,7 @@ from .._features import (
 )
 from .._layout import SplitLayout
 from .._state import QueueState
+from .batch import Batch
 from .memory import GuestMemory
 
 _DESC = struct.Struct("<QIHH")  # struct virtq_desc {le64 addr; le32 len; le16 flags; le16 next;}
@@ -156,6 +157,7 @@ class DeviceQueue:
     def reset(self) -> None:
         """Forget everything (device reset): indices back to 0, no chain in flight, not broken."""
         self.last_avail_idx = 0
+        self._avail_shadow = 0  # avail->idx as last read: read again only once everything up to it is popped
         self.used_idx = 0
         self.broken = False
         self.error: VringError | None = None
@@ -175,6 +177,7 @@ class DeviceQueue:
         self.reset()
         rings = self._bind()
         self.last_avail_idx = int(state.last_avail_idx) & 0xFFFF
+        self._avail_shadow = self.last_avail_idx
         if state.used_idx is None:
             self.used_idx = _U16.unpack_from(rings.used, 2)[0]  # used->idx
         else:
@@ -231,22 +234,71 @@ class DeviceQueue:
             _U16.pack_into(rings.used, 4 + 8 * self.size, self.last_avail_idx)  # used->avail_event
 
     def _pop_one(self, rings: _Rings) -> Chain | None:
+        chain = self._peek(rings)
+        if chain is not None:
+            self._commit(chain)
+        return chain
+
+    def _commit(self, chain: Chain) -> None:
+        self._inflight[chain.head] = 1
+        self._inflight_wlen[chain.head] = chain.writable_len
+        self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
+
+    def _peek(self, rings: _Rings) -> Chain | None:
+        """Read and check the next available chain without taking it."""
         size = self.size
-        avail_idx = _U16.unpack_from(rings.avail, 2)[0]  # avail->idx, acquire: ring entries are read after it
-        if avail_idx == self.last_avail_idx:
-            return None
-        if (avail_idx - self.last_avail_idx) & 0xFFFF > size:
-            raise self._fail(chain_error("avail-index-jump", 0, 0, False, avail_idx, self.last_avail_idx))
+        if self._avail_shadow == self.last_avail_idx:
+            # Everything seen so far is consumed: look at the index again (acquire: ring entries after it).
+            avail_idx = _U16.unpack_from(rings.avail, 2)[0]  # avail->idx
+            if avail_idx == self.last_avail_idx:
+                return None
+            if (avail_idx - self.last_avail_idx) & 0xFFFF > size:
+                raise self._fail(chain_error("avail-index-jump", 0, 0, False, avail_idx, self.last_avail_idx))
+            self._avail_shadow = avail_idx
         head = _U16.unpack_from(rings.avail, 4 + 2 * (self.last_avail_idx & (size - 1)))[0]  # avail->ring[]
         if head >= size:
             raise self._fail(chain_error("head-out-of-range", head, 0, False, size))
         if self._inflight[head]:
             raise self._fail(chain_error("head-in-flight", head, head, False))
-        chain = self._walk(rings, head)
-        self._inflight[head] = 1
-        self._inflight_wlen[head] = chain.writable_len
-        self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
-        return chain
+        return self._walk(rings, head)
+
+    def pop_batch(self, batch: Batch) -> int:
+        """Pop up to ``batch.capacity`` chains into ``batch`` (heads, segments, totals); returns the count.
+
+        A chain whose segments no longer fit the batch stays in the ring for the next call.
+        """
+        rings = self._check()
+        n = 0
+        seg = 0
+        batch.seg_start[0] = 0
+        try:
+            while n < batch.capacity:
+                chain = self._peek(rings)
+                if chain is None:
+                    break
+                pieces = chain.segments
+                if seg + len(pieces) > batch.max_segments:
+                    if n == 0:
+                        raise ValueError(f"a chain of {len(pieces)} segments does not fit a batch of "
+                                         f"{batch.max_segments} segments")
+                    break
+                self._commit(chain)
+                for gpa, length, writable in pieces:
+                    batch.seg_addr[seg] = gpa
+                    batch.seg_len[seg] = length
+                    batch.seg_writable[seg] = writable
+                    seg += 1
+                batch.heads[n] = chain.head
+                batch.nsegs[n] = len(pieces)
+                batch.seg_start[n + 1] = seg
+                batch.readable_len[n] = chain.readable_len
+                batch.writable_len[n] = chain.writable_len
+                n += 1
+        finally:
+            batch.count = n  # chains popped before an error are the device's to finish
+        if n:
+            self._after_pop(rings)
+        return n
 
     def _walk(self, rings: _Rings, head: int) -> Chain:
         mem = self.mem
@@ -358,6 +410,14 @@ class DeviceQueue:
         if heads:
             _U16.pack_into(rings.used, 2, self.used_idx)  # used->idx, release
 
+    def push_batch(self, batch: Batch, count: int | None = None) -> None:
+        """Return the first ``count`` (default ``batch.count``) chains of ``batch`` with ``batch.lens`` bytes
+        written; the used index is published once."""
+        n = batch.count if count is None else count
+        if not 0 <= n <= batch.capacity:
+            raise ValueError(f"count {n} is outside the batch's capacity {batch.capacity}")
+        self.push_many(batch.heads[:n], batch.lens[:n])
+
     # -- notifications -------------------------------------------------------------------------------------
     def notify_needed(self) -> bool:
         """Whether the driver wants an interrupt for what was pushed since the last call."""
@@ -443,6 +503,7 @@ class DriverQueue:
         self.avail_idx = 0  # next avail->idx (written into the ring, published by kick_needed)
         self._published = 0  # avail->idx as last published
         self.last_used_idx = 0
+        self._used_shadow = 0  # used->idx as last read: read again only once everything up to it is reaped
         self._avail_flags = 0
         self._interrupts_enabled = True
         self.broken = False
@@ -513,6 +574,38 @@ class DriverQueue:
             start += count
             done += 1
         return done
+
+    def add_batch(self, batch: Batch, count: int) -> int:
+        """Add the first ``count`` chains described in ``batch`` (``nsegs`` and the ``seg_*`` arrays); their heads
+        go into ``batch.heads``. Returns how many were added (stops early when the ring is full)."""
+        rings = self._check()
+        if not 0 <= count <= batch.capacity:
+            raise ValueError(f"count {count} is outside the batch's capacity {batch.capacity}")
+        start = 0
+        done = 0
+        try:
+            for k in range(count):
+                nseg = int(batch.nsegs[k])
+                if start + nseg > batch.max_segments:
+                    raise ValueError(f"chain {k} runs past the batch's {batch.max_segments} segments")
+                if self.num_free < self._needed(nseg):
+                    break
+                segs = [(int(batch.seg_addr[i]), int(batch.seg_len[i]), bool(batch.seg_writable[i]))
+                        for i in range(start, start + nseg)]
+                head = self._add(rings, segs)
+                self._tokens[head] = None
+                batch.heads[k] = head
+                start += nseg
+                done += 1
+        finally:
+            batch.count = done  # chains added before an error stay added
+        return done
+
+    def reap_batch(self, batch: Batch) -> int:
+        """Reap up to ``batch.capacity`` used buffers into ``batch.heads`` and ``batch.lens``; returns the count."""
+        n = self.pop_used_into(batch.heads, batch.lens)
+        batch.count = n
+        return n
 
     def _needed(self, nseg: int) -> int:
         return 1 if self._indirect_for(nseg) else nseg
@@ -591,13 +684,16 @@ class DriverQueue:
 
     # -- reaping -------------------------------------------------------------------------------------------
     def _reap_one(self, rings: _Rings) -> tuple[int, int] | None:
-        used_idx = _U16.unpack_from(rings.used, 2)[0]  # used->idx, acquire: elements are read after it
         last = self.last_used_idx
-        if used_idx == last:
-            return None
-        outstanding = (self._published - last) & 0xFFFF
-        if (used_idx - last) & 0xFFFF > outstanding:
-            raise self._fail(used_error("used-index-jump", last, used_idx, outstanding))
+        if self._used_shadow == last:
+            # Everything seen so far is reaped: look at the index again (acquire: elements after it).
+            used_idx = _U16.unpack_from(rings.used, 2)[0]  # used->idx
+            if used_idx == last:
+                return None
+            outstanding = (self._published - last) & 0xFFFF
+            if (used_idx - last) & 0xFFFF > outstanding:
+                raise self._fail(used_error("used-index-jump", last, used_idx, outstanding))
+            self._used_shadow = used_idx
         ident, written = _ELEM.unpack_from(rings.used, 4 + 8 * (last & (self.size - 1)))  # used->ring[], once
         if ident >= self.size:
             raise self._fail(used_error("used-id-out-of-range", last, ident, self.size))
