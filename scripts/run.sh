@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job: set up (scripts/setup.sh), then show the engine at work.
+# The main job: set up (scripts/setup.sh), then benchmark the engine (`vring bench`; arguments pass on, e.g.
+# --quick, --json PATH, --plot PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cd /tmp
-exec "$OLDPWD/.venv/bin/python" -m vring demo
+exec .venv/bin/vring bench "$@"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything vring needs on a fresh machine: a virtual environment in .venv with vring built from this checkout
-# (compiling the Cython core) and the test tools. Safe to run again: it rebuilds vring from the current sources.
+# (compiling the Cython core) and the test tools. Run again, it rebuilds only if the sources changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,8 +8,12 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-# Non-editable on purpose: the tests run against the installed wheel, as a user gets it.
-.venv/bin/python -m pip install --quiet --force-reinstall --no-deps .
-.venv/bin/python -m pip install --quiet '.[test]'
+stamp=$(cat pyproject.toml setup.py vring/*.py vring/*.pyx vring/*.pxd vring/*.h vring/_pyring/*.py | sha256sum)
+if [ "$(cat .venv/.vring-stamp 2>/dev/null)" != "$stamp" ]; then
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    # Non-editable on purpose: the tests run against the installed package, as a user gets it.
+    .venv/bin/python -m pip install --quiet --force-reinstall --no-deps .
+    .venv/bin/python -m pip install --quiet '.[test]'
+    echo "$stamp" > .venv/.vring-stamp
+fi
 .venv/bin/vring info

@@ -28,6 +28,10 @@ OPS = st.one_of(
               st.binary(min_size=1, max_size=4)),
     st.tuples(st.just("reset"), st.sampled_from(["driver", "device"])),
     st.tuples(st.just("bulk"), st.integers(1, 3000)),
+    st.tuples(st.just("add_batch"), st.integers(0, 6), st.lists(SEG, min_size=1, max_size=3), st.integers(0, 7)),
+    st.tuples(st.just("pop_batch"), st.integers(1, 6), st.integers(1, 12)),
+    st.tuples(st.just("push_batch"), st.integers(0, 6), st.floats(0, 1)),
+    st.tuples(st.just("reap_batch"), st.integers(1, 6)),
 )
 FEATURES = st.sampled_from([0, Feature.EVENT_IDX, Feature.INDIRECT_DESC, Feature.EVENT_IDX | Feature.INDIRECT_DESC])
 
@@ -108,6 +112,35 @@ class Side:
             return None
         if kind == "bulk":
             return self.bulk(op[1])
+        if kind == "add_batch":
+            _, count, segs, mask = op
+            batch = p.twin.Batch(6, 18)
+            batch.set_chains([(DATA + o, n, bool(mask >> i & 1)) for i, (o, n) in enumerate(segs)], 6)
+            try:
+                return p.drv.add_batch(batch, count), batch.heads[:batch.count].tolist()
+            finally:
+                self.last_count = batch.count
+        if kind == "pop_batch":
+            batch = self.popped = p.twin.Batch(op[1], op[2])
+            try:
+                n = p.dev.pop_batch(batch)
+            finally:
+                self.held += [(int(h), int(w)) for h, w in zip(batch.heads[:batch.count], batch.writable_len)]
+            return n, [batch.segments(k) for k in range(n)], batch.readable_len[:n].tolist()
+        if kind == "push_batch":
+            batch = getattr(self, "popped", None)
+            if batch is None:
+                return None
+            n = min(op[1], batch.count)
+            batch.lens[:n] = [int(w * op[2]) for w in batch.writable_len[:n]]
+            p.dev.push_batch(batch, n)
+            pushed = set(batch.heads[:n].tolist())
+            self.held = [(h, w) for h, w in self.held if h not in pushed]
+            return n
+        if kind == "reap_batch":
+            batch = p.twin.Batch(op[1])
+            n = p.drv.reap_batch(batch)
+            return n, batch.heads[:n].tolist(), batch.lens[:n].tolist()
         if kind == "drain":
             for head, wlen in self.held:
                 p.dev.push(head, wlen)
