@@ -10,7 +10,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 debug = os.environ.get("VRING_DEBUG", "") not in ("", "0")
-compile_args = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O2"]
+compile_args = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O3"]
 # The engine reads shared memory through differently typed pointers on purpose: no strict aliasing.
 compile_args += ["-fno-strict-aliasing", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"]
 directives = {"language_level": "3", "embedsignature": True}

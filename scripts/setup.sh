@@ -11,9 +11,12 @@ fi
 stamp=$(cat pyproject.toml setup.py vring/*.py vring/*.pyx vring/*.pxd vring/*.h vring/_pyring/*.py | sha256sum)
 if [ "$(cat .venv/.vring-stamp 2>/dev/null)" != "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
-    # Non-editable on purpose: the tests run against the installed package, as a user gets it.
-    .venv/bin/python -m pip install --quiet --force-reinstall --no-deps .
-    .venv/bin/python -m pip install --quiet '.[test]'
+    # Build the wheel once and install it: the tests run against the installed package, as a user gets it.
+    rm -rf .venv/wheels
+    .venv/bin/python -m pip wheel --quiet --no-deps --wheel-dir .venv/wheels .
+    wheel=$(ls .venv/wheels/vring-*.whl)
+    .venv/bin/python -m pip install --quiet --force-reinstall --no-deps "$wheel"
+    .venv/bin/python -m pip install --quiet "$wheel[test]"
     echo "$stamp" > .venv/.vring-stamp
 fi
 .venv/bin/vring info

@@ -134,10 +134,13 @@ cdef inline unsigned char *mem_ptr(MemMap *m, uint64_t gpa, uint64_t length) noe
 
 cdef inline bint mem_contains(MemMap *m, uint64_t gpa, uint64_t length) noexcept nogil:
     """Whether [gpa, gpa + length) is guest memory, crossing adjacent regions if need be (length >= 1)."""
-    cdef int i
+    cdef int i = m.hint
     cdef uint64_t offset, piece
     if gpa + (length - 1) < gpa:  # wraps past 2**64
         return False
+    # Fast path: inside the region of the last hit.
+    if i < m.n and gpa - m.regions[i].gpa < m.regions[i].size and length <= m.regions[i].size - (gpa - m.regions[i].gpa):
+        return True
     while length:
         i = mem_find(m, gpa)
         if i < 0:
@@ -1021,28 +1024,11 @@ cdef inline int drv_add(SplitDrv *q, MemMap *m, const uint64_t *addrs, const seg
     cdef uint64_t wlen = 0
     cdef bint seen_w = False, indirect, last
     cdef uint32_t k, needed
-    cdef uint16_t head, index
+    cdef uint16_t head, index, nxt
     cdef vring_desc d
-    cdef unsigned char *table
+    cdef unsigned char *table = NULL
     if nseg == 0:
         return A_EMPTY
-    for k in range(nseg):
-        bad[0] = k
-        if seg_len_t is uint32_t:
-            if lens[k] == 0:
-                return A_LEN
-        else:
-            if lens[k] < 1 or lens[k] > <long long>U32_MAX:
-                return A_LEN
-        if wr[k]:
-            seen_w = True
-            wlen += <uint64_t>lens[k]
-        elif seen_w:
-            return A_ORDER
-        if not mem_contains(m, addrs[k], <uint64_t>lens[k]):
-            return A_ADDR
-    if wlen > U32_MAX:
-        return A_WLEN
     indirect = drv_indirect_for(q, nseg)
     if not indirect and nseg > q.size:
         return A_LONG
@@ -1053,13 +1039,42 @@ cdef inline int drv_add(SplitDrv *q, MemMap *m, const uint64_t *addrs, const seg
     head = q.free_head
     if indirect:
         table = q.indirect_host + <uint64_t>head * q.indirect_max * sizeof(vring_desc)
-        for k in range(nseg):
-            last = k == nseg - 1
-            d.addr = addrs[k]
-            d.len = <uint32_t>lens[k]
-            d.flags = (DESC_F_WRITE if wr[k] else 0) | (0 if last else DESC_F_NEXT)
+    # Check and write in one pass: the slots written are free ones the device cannot see (they are not in the
+    # avail ring), so a chain refused halfway leaves nothing behind.
+    index = head
+    for k in range(nseg):
+        if seg_len_t is uint32_t:
+            if lens[k] == 0:
+                bad[0] = k
+                return A_LEN
+        else:
+            if lens[k] < 1 or lens[k] > <long long>U32_MAX:
+                bad[0] = k
+                return A_LEN
+        if wr[k]:
+            seen_w = True
+            wlen += <uint64_t>lens[k]
+        elif seen_w:
+            bad[0] = k
+            return A_ORDER
+        if not mem_contains(m, addrs[k], <uint64_t>lens[k]):
+            bad[0] = k
+            return A_ADDR
+        last = k == nseg - 1
+        d.addr = addrs[k]
+        d.len = <uint32_t>lens[k]
+        d.flags = (DESC_F_WRITE if wr[k] else 0) | (0 if last else DESC_F_NEXT)
+        if indirect:
             d.next = 0 if last else k + 1
             memcpy(table + k * sizeof(vring_desc), &d, sizeof(d))
+        else:
+            nxt = q.next[index]
+            d.next = 0 if last else nxt
+            memcpy(&q.desc[index], &d, sizeof(d))
+            index = nxt
+    if wlen > U32_MAX:
+        return A_WLEN
+    if indirect:
         d.addr = q.indirect_area + <uint64_t>head * q.indirect_max * sizeof(vring_desc)
         d.len = nseg * sizeof(vring_desc)
         d.flags = DESC_F_INDIRECT
@@ -1067,15 +1082,6 @@ cdef inline int drv_add(SplitDrv *q, MemMap *m, const uint64_t *addrs, const seg
         memcpy(&q.desc[head], &d, sizeof(d))
         q.free_head = q.next[head]
     else:
-        index = head
-        for k in range(nseg):
-            last = k == nseg - 1
-            d.addr = addrs[k]
-            d.len = <uint32_t>lens[k]
-            d.flags = (DESC_F_WRITE if wr[k] else 0) | (0 if last else DESC_F_NEXT)
-            d.next = 0 if last else q.next[index]
-            memcpy(&q.desc[index], &d, sizeof(d))
-            index = q.next[index]
         q.free_head = index
     q.num_free -= needed
     q.ndesc[head] = needed
@@ -1516,7 +1522,7 @@ cdef class DriverQueue:
     def get_used(self):
         """The next (token, written length) the device returned, or None."""
         cdef uint16_t head = 0
-        cdef uint32_t written
+        cdef uint32_t written = 0
         cdef uint64_t a = 0, b = 0
         self._check()
         cdef int r = drv_reap_one(&self.q, &head, &written, &a, &b)
@@ -1530,7 +1536,7 @@ cdef class DriverQueue:
     def pop_used(self, max_count=None):
         """Every (token, written length) the device returned so far (at most ``max_count``)."""
         cdef uint16_t head = 0
-        cdef uint32_t written
+        cdef uint32_t written = 0
         cdef uint64_t a = 0, b = 0
         cdef int r
         cdef Py_ssize_t limit = -1 if max_count is None else max_count
@@ -1633,7 +1639,7 @@ def run_cycles(DriverQueue drv not None, DeviceQueue dev not None, Batch shape n
     """
     cdef ChainError err
     cdef uint16_t head = 0
-    cdef uint32_t written, bad = 0, nseg = shape.nsegs_p[0]
+    cdef uint32_t written = 0, bad = 0, nseg = shape.nsegs_p[0]
     cdef uint64_t a = 0, b = 0
     cdef long long done = 0, start, elapsed
     cdef int k, r = 0, round_size

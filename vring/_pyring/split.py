@@ -617,9 +617,23 @@ class DriverQueue:
         nseg = len(segs)
         if nseg == 0:
             raise ValueError("a chain needs at least one buffer")
+        indirect = self._indirect_for(nseg)
+        if not indirect and nseg > self.size:
+            raise ValueError(f"a chain of {nseg} buffers is longer than the queue size {self.size}")
+        needed = 1 if indirect else nseg
+        if self.num_free < needed:
+            raise QueueFull(f"{needed} descriptors needed, {self.num_free} free")
+        head = self._free_head
+        # Check and write in one pass: the slots written are free ones the device cannot see (they are not in the
+        # avail ring), so a chain refused halfway leaves nothing behind but bytes in free slots.
+        if indirect:
+            table = self.mem.view(self.indirect_area + head * self.indirect_max * DESC_SIZE, DESC_SIZE * nseg)
+        else:
+            table = rings.desc
         wlen = 0
         seen_w = False
-        for addr, length, w in segs:
+        index = head
+        for k, (addr, length, w) in enumerate(segs):
             if not 0 < length <= _U32_MAX:
                 raise ValueError(f"buffer length {length} is not between 1 and 2**32 - 1")
             if w:
@@ -629,33 +643,21 @@ class DriverQueue:
                 raise ValueError("device-readable buffers must come before device-writable ones")
             if not self.mem.contains(addr, length):
                 raise AddressError(f"buffer {addr:#x} (+{length}) is outside guest memory")
+            last = k == nseg - 1
+            flags = (DESC_F_WRITE if w else 0) | (0 if last else DESC_F_NEXT)
+            if indirect:  # struct virtq_desc in the head's indirect table, linked in table order
+                _DESC.pack_into(table, DESC_SIZE * k, addr, length, flags, 0 if last else k + 1)
+            else:  # struct virtq_desc in the descriptor table, linked along the private free list
+                nxt = self._next[index]
+                _DESC.pack_into(table, DESC_SIZE * index, addr, length, flags, 0 if last else nxt)
+                index = nxt
         if wlen > _U32_MAX:
             raise ValueError("the chain's writable length exceeds 2**32 - 1")
-        indirect = self._indirect_for(nseg)
-        if not indirect and nseg > self.size:
-            raise ValueError(f"a chain of {nseg} buffers is longer than the queue size {self.size}")
-        needed = 1 if indirect else nseg
-        if self.num_free < needed:
-            raise QueueFull(f"{needed} descriptors needed, {self.num_free} free")
-        head = self._free_head
-        desc = rings.desc
         if indirect:
             table_gpa = self.indirect_area + head * self.indirect_max * DESC_SIZE
-            table = bytearray(DESC_SIZE * nseg)
-            for k, (addr, length, w) in enumerate(segs):
-                last = k == nseg - 1
-                flags = (DESC_F_WRITE if w else 0) | (0 if last else DESC_F_NEXT)
-                _DESC.pack_into(table, DESC_SIZE * k, addr, length, flags, 0 if last else k + 1)
-            self.mem.write(table_gpa, table)
-            _DESC.pack_into(desc, DESC_SIZE * head, table_gpa, DESC_SIZE * nseg, DESC_F_INDIRECT, 0)
+            _DESC.pack_into(rings.desc, DESC_SIZE * head, table_gpa, DESC_SIZE * nseg, DESC_F_INDIRECT, 0)
             self._free_head = self._next[head]
         else:
-            index = head
-            for k, (addr, length, w) in enumerate(segs):
-                last = k == nseg - 1
-                flags = (DESC_F_WRITE if w else 0) | (0 if last else DESC_F_NEXT)
-                _DESC.pack_into(desc, DESC_SIZE * index, addr, length, flags, 0 if last else self._next[index])
-                index = self._next[index]
             self._free_head = index
         self.num_free -= needed
         self._ndesc[head] = needed
