@@ -180,10 +180,14 @@ cdef class GuestMemory:
         """Map ``size`` bytes of ``fd`` from ``offset`` (shared, read-write) as the guest memory at ``gpa``."""
         if size <= 0:
             raise AddressError(f"region size {size} is not positive")
-        mapping = _mmap.mmap(fd, size, _mmap.MAP_SHARED, _mmap.PROT_READ | _mmap.PROT_WRITE, offset=offset)
+        delta = offset % _mmap.ALLOCATIONGRANULARITY  # mmap wants a page-aligned offset: map from the page start
+        mapping = _mmap.mmap(fd, size + delta, _mmap.MAP_SHARED, _mmap.PROT_READ | _mmap.PROT_WRITE,
+                             offset=offset - delta)
+        view = memoryview(mapping)[delta:delta + size]
         try:
-            self._insert(gpa, memoryview(mapping), mapping)
+            self._insert(gpa, view, mapping)
         except BaseException:
+            view.release()
             mapping.close()
             raise
 

@@ -43,6 +43,42 @@ def _bench(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from vring.vhost_user import VhostUserBackend
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else
+                        logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.device == "blk":
+        if not args.image:
+            print("vring serve blk: an IMAGE is needed", file=sys.stderr)
+            return 2
+        from vring.devices.blk import BlkDevice
+
+        BlkDevice(args.image, read_only=args.read_only, num_queues=args.queues).close()  # fail early on a bad image
+
+        def factory():
+            return BlkDevice(args.image, read_only=args.read_only, num_queues=args.queues)
+    else:
+        from vring.devices.rng import RngDevice
+
+        factory = RngDevice
+    backend = VhostUserBackend(factory, args.socket)
+    backend.listen()
+
+    def stop(signum, _frame):
+        logging.getLogger("vring").info("signal %d: stopping", signum)
+        backend.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    print(f"vring: serving virtio-{args.device} on {args.socket}", file=sys.stderr, flush=True)
+    backend.serve_forever()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vring", description="virtio virtqueues for Python")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(bench)
     bench.set_defaults(func=_bench)
+    serve = sub.add_parser("serve", help="serve a device to QEMU over vhost-user")
+    serve.add_argument("device", choices=["blk", "rng"])
+    serve.add_argument("image", nargs="?", help="raw image file or block device (blk)")
+    serve.add_argument("--socket", required=True, help="unix socket path to listen on")
+    serve.add_argument("--read-only", action="store_true", help="blk: offer VIRTIO_BLK_F_RO, refuse writes")
+    serve.add_argument("--queues", type=int, default=1, help="blk: number of request queues")
+    serve.add_argument("-v", "--verbose", action="count", default=0, help="-v: negotiation, -vv: every message")
+    serve.set_defaults(func=_serve)
     return parser
 
 

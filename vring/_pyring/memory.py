@@ -48,10 +48,14 @@ class GuestMemory:
         """Map ``size`` bytes of ``fd`` from ``offset`` (shared, read-write) as the guest memory at ``gpa``."""
         if size <= 0:
             raise AddressError(f"region size {size} is not positive")
-        mapping = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
+        delta = offset % mmap.ALLOCATIONGRANULARITY  # mmap wants a page-aligned offset: map from the page start
+        mapping = mmap.mmap(fd, size + delta, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                            offset=offset - delta)
+        view = memoryview(mapping)[delta:delta + size]
         try:
-            self._insert(gpa, memoryview(mapping), mapping)
+            self._insert(gpa, view, mapping)
         except BaseException:
+            view.release()
             mapping.close()
             raise
 

@@ -1,0 +1,1 @@
+"""Device models served by vring: virtio-blk and virtio-rng."""
