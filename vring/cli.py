@@ -79,6 +79,12 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _blk(args: argparse.Namespace) -> int:
+    from vring.blk_cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vring", description="virtio virtqueues for Python")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--queues", type=int, default=1, help="blk: number of request queues")
     serve.add_argument("-v", "--verbose", action="count", default=0, help="-v: negotiation, -vv: every message")
     serve.set_defaults(func=_serve)
+    blk = sub.add_parser("blk", help="a virtio-blk client of any vhost-user-blk back-end")
+    from vring.blk_cli import add_arguments as blk_arguments
+
+    blk_arguments(blk)
+    blk.set_defaults(func=_blk)
     return parser
 
 

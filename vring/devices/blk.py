@@ -367,9 +367,10 @@ class BlkClient:
         pending.queue = q.index
         q.driver.add(out, in_ + [(status, 1)], token=pending)
 
-    def _finish(self, pending: _Pending, written: int) -> bytes | None:
+    def _finish(self, pending: _Pending, written: int, keep_data: bool = True) -> bytes | None:
         status = self.mem.read(pending.status, 1)[0]
-        data = self.mem.read(pending.data, pending.in_len) if pending.in_len and status == S_OK else None
+        data = (self.mem.read(pending.data, pending.in_len) if keep_data and pending.in_len and status == S_OK
+                else None)
         for addr in pending.buffers:
             self.frontend.allocator.release(addr)
         if status != S_OK:
@@ -414,13 +415,16 @@ class BlkClient:
         self._one(T_WRITE_ZEROES, out_data=DISCARD_SEG.pack(sector, count, WZ_UNMAP if unmap else 0))
 
     # -- many requests -------------------------------------------------------------------------------------
-    def run(self, ops: list[tuple[str, int, Any]], depth: int = 32, on_done: Any = None) -> list[Any]:
+    def run(self, ops: list[tuple[str, int, Any]], depth: int = 32, latencies: list[float] | None = None,
+            keep_data: bool = True) -> list[Any]:
         """Execute ``ops`` — ("read", sector, count), ("write", sector, data), ("flush", 0, None) — spread over
-        the queues with up to ``depth`` in flight on each. Returns the results in order (bytes for reads, None
-        otherwise, or the BlkError of a failed request)."""
+        the queues with up to ``depth`` in flight on each. Returns the results in order (bytes for reads unless
+        ``keep_data`` is false, None otherwise, or the BlkError of a failed request); ``latencies`` receives each
+        request's submit-to-completion time in seconds."""
         import select as _select
         import time as _time
 
+        started: dict[int, float] = {}
         results: list[Any] = [None] * len(ops)
         next_op = 0
         in_flight = {q.index: 0 for q in self.queues}
@@ -437,21 +441,24 @@ class BlkClient:
                         self._submit(q, pending, out_data=arg)
                     else:
                         self._submit(q, pending)
+                    if latencies is not None:
+                        started[next_op] = _time.perf_counter()
                     in_flight[q.index] += 1
                     next_op += 1
                 self.frontend.kick(q)
             progressed = False
             for q in self.queues:
                 for pending, written in q.driver.pop_used():
+                    if latencies is not None:
+                        latencies.append(_time.perf_counter() - started.pop(pending.index))
                     try:
-                        results[pending.index] = self._finish(pending, written)
+                        result = self._finish(pending, written, keep_data)
+                        results[pending.index] = result
                     except BlkError as exc:
                         results[pending.index] = exc
                     in_flight[q.index] -= 1
                     done += 1
                     progressed = True
-                    if on_done is not None:
-                        on_done(pending.index)
             if progressed:
                 deadline = _time.monotonic() + self.frontend.timeout
                 continue
