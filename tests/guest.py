@@ -34,10 +34,6 @@ VIRTIO_PCI_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_
 VIRTIO_BLK_MODULES = VIRTIO_PCI_MODULES + ("virtio_blk",)
 VIRTIO_RNG_MODULES = VIRTIO_PCI_MODULES + ("virtio_rng",)
 
-# Extra kernel arguments that only shorten a TCG boot: skip the CPU-bug mitigations (slow to emulate) and the
-# PS/2 controller probe, which waits on emulated hardware no test uses.
-_FAST_BOOT_ARGS = "mitigations=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
-
 
 @dataclass(frozen=True)
 class GuestResult:
@@ -102,6 +98,7 @@ def run_guest(
     timeout_s: float = 120,
     memfd_mem_mb: int = 256,
     smp: int = 1,
+    kernel_args: Sequence[str] = (),
 ) -> GuestResult:
     """Boot ``kernel`` with ``initrd`` and ``extra_args`` (devices, drives, chardevs) and wait for it to power off.
 
@@ -114,14 +111,13 @@ def run_guest(
         QEMU,
         "-accel", "tcg",
         "-machine", "q35",
-        "-cpu", "max",
         "-m", mem,
         "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
         "-numa", "node,memdev=mem",
         "-smp", str(smp),
         "-kernel", str(kernel),
         "-initrd", str(initrd),
-        "-append", f"console=ttyS0 quiet panic=-1 {_FAST_BOOT_ARGS}",
+        "-append", " ".join(("console=ttyS0 quiet panic=-1", *kernel_args)),
         # -nodefaults drops the VGA card, the NIC and the CD-ROM (less to emulate, less for the guest to probe);
         # the one serial port stays as the guest's console.
         "-nodefaults", "-nographic", "-no-reboot",
