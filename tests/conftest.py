@@ -8,6 +8,8 @@ import pytest
 
 from vring import _pyring
 
+from guest_fixtures import kernel  # noqa: F401  (the guest kernel, shared with bench/)
+
 try:
     from vring import _cring
 except ImportError as exc:  # the compiled core is part of the package: its absence fails every Cython test
@@ -29,3 +31,4 @@ def twin_module(name: str) -> types.ModuleType:
 def twin(request: pytest.FixtureRequest) -> types.ModuleType:
     """The engine module under test: ``twin.GuestMemory``, ``twin.DriverQueue``, ``twin.DeviceQueue``."""
     return twin_module(request.param)
+

@@ -212,3 +212,14 @@ def test_rng_device(tmp_path):
         assert front.wait(q) == [("entropy", 64)]
         assert front.mem.read(buf, 64) != bytes(64)
         front.close()
+
+
+def test_legacy_driver_without_version_1_is_served(server):
+    sock, image, _ = server
+    s = raw_client(sock)
+    send_message(s, Request.SET_FEATURES, U64.pack(0))  # a driver that accepts nothing, VERSION_1 included
+    send_message(s, Request.GET_FEATURES)
+    reply = s.recv(64)
+    assert len(reply) == HEADER.size + 8  # the connection is up and answering
+    assert log_has(sock, "did not accept VERSION_1: serving it as a legacy little-endian driver")
+    s.close()
