@@ -18,16 +18,16 @@ cdef extern from "Python.h":
     void PyEval_RestoreThread(PyThreadState *)
 cimport numpy as cnp
 
-import mmap as _mmap
-
 import numpy as np
 
+from ._chainio import gather, write_chain
 from ._errors import (
     CHAIN_REASONS, USED_REASONS, AddressError, LayoutError, QueueFull, broken_error, chain_error, used_error,
 )
 from ._features import DEFAULT_MAX_INDIRECT, Feature
 from ._state import QueueState
-from ._pyring.memory import as_byte_view
+from ._pyring import batch as _pybatch
+from ._pyring.memory import as_byte_view, map_fd
 
 cnp.import_array()
 
@@ -180,10 +180,7 @@ cdef class GuestMemory:
         """Map ``size`` bytes of ``fd`` from ``offset`` (shared, read-write) as the guest memory at ``gpa``."""
         if size <= 0:
             raise AddressError(f"region size {size} is not positive")
-        delta = offset % _mmap.ALLOCATIONGRANULARITY  # mmap wants a page-aligned offset: map from the page start
-        mapping = _mmap.mmap(fd, size + delta, _mmap.MAP_SHARED, _mmap.PROT_READ | _mmap.PROT_WRITE,
-                             offset=offset - delta)
-        view = memoryview(mapping)[delta:delta + size]
+        mapping, view = map_fd(fd, size, offset)
         try:
             self._insert(gpa, view, mapping)
         except BaseException:
@@ -350,26 +347,11 @@ cdef class Chain:
 
     def read(self):
         """All device-readable bytes of the chain, concatenated (a copy)."""
-        return b"".join(bytes(v) for v in self.readable)
+        return gather(self.readable)
 
     def write(self, data, offset=0):
         """Scatter ``data`` into the writable buffers from byte ``offset``; returns the bytes written."""
-        src = memoryview(data).cast("B")
-        if offset < 0 or offset + src.nbytes > self.writable_len:
-            raise ValueError(f"{src.nbytes} bytes at offset {offset} do not fit the chain's {self.writable_len} "
-                             "writable bytes")
-        done = 0
-        for view in self.writable:
-            if done >= src.nbytes:
-                break
-            if offset >= view.nbytes:
-                offset -= view.nbytes
-                continue
-            n = min(view.nbytes - offset, src.nbytes - done)
-            view[offset:offset + n] = src[done:done + n]
-            done += n
-            offset = 0
-        return done
+        return write_chain(self, data, offset)
 
     def __repr__(self):
         return (f"Chain(head={self.head}, readable_len={self.readable_len}, writable_len={self.writable_len}, "
@@ -435,23 +417,10 @@ cdef class Batch:
         self.seg_len_p = <uint32_t *>cnp.PyArray_DATA(self.seg_len)
         self.seg_writable_p = <uint8_t *>cnp.PyArray_DATA(self.seg_writable)
 
-    def set_chains(self, segments, count):
-        """Driver side: ``count`` chains, each made of the same ``segments`` (address, length, device-writable)."""
-        per = len(segments)
-        if count > self.capacity or count * per > self.max_segments:
-            raise ValueError(f"{count} chains of {per} segments do not fit the batch")
-        for k, (addr, length, writable) in enumerate(segments):
-            self.seg_addr[k: count * per: per] = addr
-            self.seg_len[k: count * per: per] = length
-            self.seg_writable[k: count * per: per] = bool(writable)
-        self.nsegs[:count] = per
+    # Not on any hot path: the pure-Python twin's code serves both.
+    set_chains = _pybatch.Batch.set_chains
+    segments = _pybatch.Batch.segments
 
-    def segments(self, k):
-        """(address, length, device-writable) of chain ``k`` as the last ``pop_batch`` filled it."""
-        if not 0 <= k < self.count:
-            raise IndexError(f"chain {k} is not in the batch ({self.count} chains)")
-        start, end = self.seg_start_p[k], self.seg_start_p[k + 1]
-        return [(self.seg_addr_p[i], self.seg_len_p[i], bool(self.seg_writable_p[i])) for i in range(start, end)]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Device side, in C

@@ -27,6 +27,13 @@ def as_byte_view(buffer: Any) -> memoryview:
     return view.cast("B") if (view.format != "B" or view.ndim != 1) else view
 
 
+def map_fd(fd: int, size: int, offset: int) -> tuple[mmap.mmap, memoryview]:
+    """Map ``size`` bytes of ``fd`` from ``offset``, shared and writable: (the mapping, a view of those bytes)."""
+    delta = offset % mmap.ALLOCATIONGRANULARITY  # mmap wants a page-aligned offset: map from the page start
+    mapping = mmap.mmap(fd, size + delta, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=offset - delta)
+    return mapping, memoryview(mapping)[delta:delta + size]
+
+
 class GuestMemory:
     """Guest-physical memory made of regions, each a host buffer; every translation is bounds-checked.
 
@@ -48,10 +55,7 @@ class GuestMemory:
         """Map ``size`` bytes of ``fd`` from ``offset`` (shared, read-write) as the guest memory at ``gpa``."""
         if size <= 0:
             raise AddressError(f"region size {size} is not positive")
-        delta = offset % mmap.ALLOCATIONGRANULARITY  # mmap wants a page-aligned offset: map from the page start
-        mapping = mmap.mmap(fd, size + delta, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
-                            offset=offset - delta)
-        view = memoryview(mapping)[delta:delta + size]
+        mapping, view = map_fd(fd, size, offset)
         try:
             self._insert(gpa, view, mapping)
         except BaseException:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Iterable, Sequence
 
+from .._chainio import gather, write_chain
 from .._errors import (
     AddressError,
     MalformedChain,
@@ -105,26 +106,11 @@ class Chain:
 
     def read(self) -> bytes:
         """All device-readable bytes of the chain, concatenated (a copy)."""
-        return b"".join(bytes(v) for v in self.readable)
+        return gather(self.readable)
 
     def write(self, data: Any, offset: int = 0) -> int:
         """Scatter ``data`` into the writable buffers from byte ``offset``; returns the bytes written."""
-        src = memoryview(data).cast("B")
-        if offset < 0 or offset + src.nbytes > self.writable_len:
-            raise ValueError(f"{src.nbytes} bytes at offset {offset} do not fit the chain's {self.writable_len} "
-                             "writable bytes")
-        done = 0
-        for view in self.writable:
-            if done >= src.nbytes:
-                break
-            if offset >= view.nbytes:
-                offset -= view.nbytes
-                continue
-            n = min(view.nbytes - offset, src.nbytes - done)
-            view[offset : offset + n] = src[done : done + n]
-            done += n
-            offset = 0
-        return done
+        return write_chain(self, data, offset)
 
     def __repr__(self) -> str:
         return (f"Chain(head={self.head}, readable_len={self.readable_len}, writable_len={self.writable_len}, "
@@ -134,8 +120,36 @@ class Chain:
 # ---------------------------------------------------------------------------------------------------------------
 # Device side
 # ---------------------------------------------------------------------------------------------------------------
-class DeviceQueue:
+class _Queue:
+    """What both ends share: ring views that follow guest memory changes, and the broken latch."""
+
+    _side = "queue"
+    mem: GuestMemory
+    layout: SplitLayout
+    _rings: _Rings
+    broken: bool
+    error: VringError | None
+
+    def _bind(self) -> _Rings:
+        if self._rings.generation != self.mem.generation:
+            self._rings = _Rings(self.mem, self.layout)
+        return self._rings
+
+    def _check(self) -> _Rings:
+        if self.broken:
+            raise broken_error(self._side, self.error)
+        return self._bind()
+
+    def _fail(self, err: VringError) -> VringError:
+        self.broken = True
+        self.error = err
+        return err
+
+
+class DeviceQueue(_Queue):
     """The device's end of a split virtqueue (what QEMU or a vhost-user backend does). Trusts nothing it reads."""
+
+    _side = "device"
 
     def __init__(self, mem: GuestMemory, layout: SplitLayout, features: int = 0, *,
                  max_indirect: int = DEFAULT_MAX_INDIRECT) -> None:
@@ -182,21 +196,6 @@ class DeviceQueue:
             self.used_idx = _U16.unpack_from(rings.used, 2)[0]  # used->idx
         else:
             self.used_idx = int(state.used_idx) & 0xFFFF
-
-    def _bind(self) -> _Rings:
-        if self._rings.generation != self.mem.generation:
-            self._rings = _Rings(self.mem, self.layout)
-        return self._rings
-
-    def _check(self) -> _Rings:
-        if self.broken:
-            raise broken_error("device", self.error)
-        return self._bind()
-
-    def _fail(self, err: VringError) -> VringError:
-        self.broken = True
-        self.error = err
-        return err
 
     # -- popping -------------------------------------------------------------------------------------------
     def avail_pending(self) -> int:
@@ -459,8 +458,10 @@ class DeviceQueue:
 # ---------------------------------------------------------------------------------------------------------------
 # Driver side
 # ---------------------------------------------------------------------------------------------------------------
-class DriverQueue:
+class DriverQueue(_Queue):
     """The driver's end of a split virtqueue (what a guest kernel does). Trusts nothing the device writes."""
+
+    _side = "driver"
 
     def __init__(self, mem: GuestMemory, layout: SplitLayout, features: int = 0, *,
                  indirect_area: int | None = None, indirect_max: int = 16, indirect_threshold: int = 2) -> None:
@@ -508,21 +509,6 @@ class DriverQueue:
         self._interrupts_enabled = True
         self.broken = False
         self.error: VringError | None = None
-
-    def _bind(self) -> _Rings:
-        if self._rings.generation != self.mem.generation:
-            self._rings = _Rings(self.mem, self.layout)
-        return self._rings
-
-    def _check(self) -> _Rings:
-        if self.broken:
-            raise broken_error("driver", self.error)
-        return self._bind()
-
-    def _fail(self, err: VringError) -> VringError:
-        self.broken = True
-        self.error = err
-        return err
 
     # -- adding --------------------------------------------------------------------------------------------
     def add(self, out: Sequence[tuple[int, int]] = (), in_: Sequence[tuple[int, int]] = (),

@@ -15,6 +15,7 @@ import stat
 import struct
 from typing import Any
 
+from .._chainio import scatter
 from ..device import ConfigError, VirtioDevice
 
 log = logging.getLogger("vring.blk")
@@ -160,7 +161,7 @@ class BlkDevice(VirtioDevice):
                     return S_IOERR, 0
                 ident = self.serial[:min(in_len, ID_BYTES)]
                 ident = ident + bytes(min(in_len, ID_BYTES) - len(ident))  # NUL-padded, as the spec says
-                return S_OK, _scatter(data_in, ident)
+                return S_OK, scatter(data_in, ident)
             if rtype in (T_DISCARD, T_WRITE_ZEROES):
                 if self.read_only:
                     return S_IOERR, 0
@@ -255,16 +256,6 @@ def _skip(views: list[memoryview], n: int) -> list[memoryview]:
         n = 0
     return out
 
-
-def _scatter(views: list[memoryview], data: bytes) -> int:
-    done = 0
-    for view in views:
-        if done >= len(data):
-            break
-        n = min(view.nbytes, len(data) - done)
-        view[:n] = data[done:done + n]
-        done += n
-    return done
 
 
 # ---------------------------------------------------------------------------------------------------------------
