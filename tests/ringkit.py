@@ -7,7 +7,7 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
-from vring import Feature, SplitLayout
+from vring import Feature, PackedLayout, SplitLayout
 
 DESC = struct.Struct("<QIHH")
 NEXT, WRITE, INDIRECT = 1, 2, 4
@@ -75,14 +75,19 @@ class Pair:
 
 
 def make_pair(twin: types.ModuleType, size: int = 16, features: int = 0, *, indirect: bool = True,
-              indirect_max: int = 16, max_indirect: int | None = None) -> Pair:
+              indirect_max: int = 16, max_indirect: int | None = None, packed: bool = False) -> Pair:
     mem = twin.GuestMemory()
     buf = bytearray(MEM_SIZE)
     mem.add_region(BASE, buf)
-    layout = SplitLayout(size, BASE, BASE + 16 * size, BASE + 16 * size + ((6 + 2 * size + 3) & ~3))
     features = int(features) | Feature.VERSION_1
-    drv = twin.DriverQueue(mem, layout, features, indirect_area=TABLES if indirect else None,
-                           indirect_max=indirect_max)
+    if packed:
+        layout = PackedLayout.contiguous(size, BASE)
+        driver_cls, device_cls = twin.PackedDriverQueue, twin.PackedDeviceQueue
+        features |= Feature.RING_PACKED
+    else:
+        layout = SplitLayout(size, BASE, BASE + 16 * size, BASE + 16 * size + ((6 + 2 * size + 3) & ~3))
+        driver_cls, device_cls = twin.DriverQueue, twin.DeviceQueue
+    drv = driver_cls(mem, layout, features, indirect_area=TABLES if indirect else None, indirect_max=indirect_max)
     kwargs = {} if max_indirect is None else {"max_indirect": max_indirect}
-    dev = twin.DeviceQueue(mem, layout, features, **kwargs)
+    dev = device_cls(mem, layout, features, **kwargs)
     return Pair(twin, mem, buf, layout, drv, dev)

@@ -43,8 +43,8 @@ def chain_summary(chain):
 class Side:
     """One twin's driver and device, plus the chains its device holds."""
 
-    def __init__(self, name, size, features):
-        self.p = make_pair(twin_module(name), size=size, features=features)
+    def __init__(self, name, size, features, packed=False):
+        self.p = make_pair(twin_module(name), size=size, features=features, packed=packed)
         self.held = []  # (head, writable_len) the device has popped and not pushed
 
     def run(self, op):
@@ -177,8 +177,8 @@ class Side:
         return done, total_written
 
 
-def compare(size, features, ops, sides=None):
-    c, py = sides or (Side("cython", size, features), Side("python", size, features))
+def compare(size, features, ops, sides=None, packed=False):
+    c, py = sides or (Side("cython", size, features, packed), Side("python", size, features, packed))
     results = []
     for i, op in enumerate(ops):
         rc, rp = c.run(op), py.run(op)
@@ -194,6 +194,12 @@ def compare(size, features, ops, sides=None):
 @given(st.sampled_from([1, 2, 4, 8, 16]), FEATURES, st.lists(OPS, max_size=80))
 def test_twins_agree_byte_for_byte(size, features, ops):
     compare(size, features, ops)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 17), FEATURES | st.just(Feature.EVENT_IDX | Feature.IN_ORDER), st.lists(OPS, max_size=80))
+def test_packed_twins_agree_byte_for_byte(size, features, ops):
+    compare(size, features, ops, packed=True)
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])

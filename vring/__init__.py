@@ -20,23 +20,23 @@ from ._errors import (
     VringError,
 )
 from ._features import ENGINE_FEATURES, Feature, need_event
-from ._layout import SplitLayout
+from ._layout import PackedLayout, SplitLayout
 from ._state import QueueState
 from ._version import __version__
 
 if os.environ.get("VRING_PUREPYTHON", "") not in ("", "0"):
-    from ._pyring import Batch, Chain, DeviceQueue, DriverQueue, GuestMemory
+    from ._pyring import Batch, Chain, DeviceQueue, DriverQueue, GuestMemory, PackedDeviceQueue, PackedDriverQueue
 
     IMPLEMENTATION = "python"
 else:
     try:
-        from ._cring import Batch, Chain, DeviceQueue, DriverQueue, GuestMemory
+        from ._cring import Batch, Chain, DeviceQueue, DriverQueue, GuestMemory, PackedDeviceQueue, PackedDriverQueue
     except ImportError:
         # Only an interpreter that cannot load CPython extensions falls back; on CPython a missing or broken
         # extension is an installation error worth a loud failure.
         if platform.python_implementation() == "CPython":
             raise
-        from ._pyring import Batch, Chain, DeviceQueue, DriverQueue, GuestMemory
+        from ._pyring import Batch, Chain, DeviceQueue, DriverQueue, GuestMemory, PackedDeviceQueue, PackedDriverQueue
 
         IMPLEMENTATION = "python"
     else:
@@ -55,6 +55,9 @@ __all__ = [
     "LayoutError",
     "MalformedChain",
     "MalformedUsed",
+    "PackedDeviceQueue",
+    "PackedDriverQueue",
+    "PackedLayout",
     "QueueBroken",
     "QueueFull",
     "QueueState",

@@ -11,6 +11,7 @@ cdef extern from "barrier.h" nogil:
     void vring_write_shared_u16(uint16_t *p, uint16_t value)
     void vring_copy_once(void *dst, const void *shared, size_t n)
     void vring_load_desc_once(uint64_t *words, const void *src)
+    void vring_publish_desc_flags(uint16_t *flags, uint16_t value)
     uint64_t vring_load_used_elem_once(const void *src)
 
 
@@ -72,6 +73,13 @@ ctypedef struct SplitDev:
     uint32_t readable_len
     uint32_t writable_len
     bint was_indirect
+    # Packed rings (the same struct serves both layouts; ``packed`` picks the functions):
+    bint packed
+    uint8_t avail_wrap                # the driver's wrap counter we expect on available descriptors
+    uint8_t used_wrap                 # our wrap counter for the used descriptors we write
+    uint32_t pushed                   # used slots written since the last notify_needed
+    uint16_t *ndesc                   # ring slots each in-flight buffer took
+    uint32_t peeked_ndesc
 
 ctypedef struct SplitDrv:
     uint32_t size
@@ -96,6 +104,20 @@ ctypedef struct SplitDrv:
     unsigned char *indirect_host
     uint32_t indirect_max
     uint32_t indirect_threshold
+    # Packed rings:
+    bint packed
+    uint8_t avail_wrap
+    uint8_t used_wrap
+    uint32_t added                    # slots made available since the last kick_needed
+    uint32_t slots_in_flight
+    bint in_order                     # VIRTIO_F_IN_ORDER: one used descriptor may stand for earlier buffers
+    uint16_t *order                   # ring buffer of buffer ids in the order they were made available
+    uint32_t order_head
+    uint32_t order_len
+    uint16_t *skip_id                 # in-order completions implied by a later used id, not yet returned
+    uint32_t *skip_len
+    uint32_t skip_head
+    uint32_t skip_count
 
 
 cdef class Batch:

@@ -25,6 +25,7 @@ from ._errors import (
     CHAIN_REASONS, USED_REASONS, AddressError, LayoutError, QueueFull, broken_error, chain_error, used_error,
 )
 from ._features import DEFAULT_MAX_INDIRECT, Feature
+from ._layout import PackedLayout
 from ._state import QueueState
 from ._pyring import batch as _pybatch
 from ._pyring.memory import as_byte_view, map_fd
@@ -55,6 +56,11 @@ cdef enum:
     DESC_F_INDIRECT = 4
     AVAIL_F_NO_INTERRUPT = 1
     USED_F_NO_NOTIFY = 1
+    PACKED_F_AVAIL = 1 << 7
+    PACKED_F_USED = 1 << 15
+    EVENT_ENABLE = 0
+    EVENT_DISABLE = 1
+    EVENT_DESC = 2
 
 cdef extern from *:
     """
@@ -80,6 +86,11 @@ cdef enum:
     E_ZERO_LENGTH
     E_CHAIN_LARGE
     E_BUFFER_MEMORY
+    E_BUFFER_ID_RANGE
+    E_BUFFER_ID_INFLIGHT
+    E_CHAIN_FLAGS
+    E_CHAIN_TOO_LONG
+    E_PACKED_TABLE_NEXT
     E_NOMEM
 
 # Used ring check codes: index into USED_REASONS, plus one.
@@ -88,6 +99,7 @@ cdef enum:
     U_ID_RANGE
     U_NOT_IN_FLIGHT
     U_LEN_LARGE
+    U_WRAP
 
 # Batch loops shorter than this keep the GIL: releasing and taking it back costs more than such a loop.
 cdef enum:
@@ -103,7 +115,8 @@ cdef inline void gil_restore(PyThreadState *ts) noexcept:
         PyEval_RestoreThread(ts)
 
 assert CHAIN_REASONS[E_BUFFER_MEMORY - 1] == "buffer-outside-memory"
-assert USED_REASONS[U_LEN_LARGE - 1] == "used-len-too-large"
+assert CHAIN_REASONS[E_PACKED_TABLE_NEXT - 1] == "indirect-next" and len(CHAIN_REASONS) == E_NOMEM - 1
+assert USED_REASONS[U_WRAP - 1] == "used-wrap" and len(USED_REASONS) == U_WRAP
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -475,10 +488,53 @@ cdef int dev_translate(SplitDev *q, MemMap *m, uint64_t gpa, uint64_t length, bi
     return 0
 
 
+cdef inline int dev_piece(SplitDev *q, MemMap *m, uint64_t addr, uint32_t length, bint writable,
+                          uint64_t *readable_len, uint64_t *writable_len, bint *seen_writable) noexcept nogil:
+    """Check one buffer of a chain and append its pieces to q.segs: 0, or the failed check's code.
+
+    The same checks in the same order for split and packed rings, direct and indirect descriptors.
+    """
+    cdef Region *region
+    cdef uint64_t offset
+    cdef Seg *seg
+    if length == 0:
+        return E_ZERO_LENGTH
+    if writable:
+        seen_writable[0] = True
+        writable_len[0] += length
+    elif seen_writable[0]:
+        return E_READABLE_AFTER_WRITABLE
+    else:
+        readable_len[0] += length
+    if readable_len[0] + writable_len[0] > U32_MAX:
+        return E_CHAIN_LARGE
+    # Translate. Fast path: the buffer lies inside the region of the last hit and the scratch has room.
+    region = &m.regions[m.hint] if m.hint < m.n else NULL
+    offset = addr - region.gpa if region != NULL else 0
+    if region != NULL and offset < region.size and length <= region.size - offset and q.nseg < q.segs_cap:
+        seg = &q.segs[q.nseg]
+        seg.gpa = addr
+        seg.offset = offset
+        seg.len = length
+        seg.region = <uint16_t>m.hint
+        seg.writable = writable
+        q.nseg += 1
+        return 0
+    return dev_translate(q, m, addr, length, writable)
+
+
+cdef inline int dev_fail_piece(ChainError *err, int reason, uint32_t head, uint32_t index, bint in_indirect,
+                               uint64_t addr, uint32_t length) noexcept nogil:
+    # Only the memory check names the buffer; the others say which descriptor.
+    if reason == E_BUFFER_MEMORY:
+        return dev_fail(err, reason, head, index, in_indirect, addr, length)
+    return dev_fail(err, reason, head, index, in_indirect, 0, 0)
+
+
 cdef inline int dev_walk(SplitDev *q, MemMap *m, uint16_t head, ChainError *err) noexcept nogil:
     """Walk the chain at ``head`` into q.segs; 0, or the failed check's code (with ``err`` filled in)."""
     cdef uint64_t words[2]
-    cdef uint64_t addr, offset
+    cdef uint64_t addr
     cdef uint32_t length
     cdef uint16_t flags, nxt
     cdef const vring_desc *table = q.desc
@@ -487,10 +543,7 @@ cdef inline int dev_walk(SplitDev *q, MemMap *m, uint16_t head, ChainError *err)
     cdef uint32_t count = 0
     cdef bint in_indirect = False
     cdef bint seen_writable = False
-    cdef bint writable
     cdef uint64_t readable_len = 0, writable_len = 0
-    cdef Region *region
-    cdef Seg *seg
     cdef int r
     q.nseg = 0
     q.was_indirect = False
@@ -526,34 +579,10 @@ cdef inline int dev_walk(SplitDev *q, MemMap *m, uint16_t head, ChainError *err)
             in_indirect = True
             q.was_indirect = True
             continue
-        if length == 0:
-            return dev_fail(err, E_ZERO_LENGTH, head, index, in_indirect, 0, 0)
-        writable = (flags & DESC_F_WRITE) != 0
-        if writable:
-            seen_writable = True
-            writable_len += length
-        elif seen_writable:
-            return dev_fail(err, E_READABLE_AFTER_WRITABLE, head, index, in_indirect, 0, 0)
-        else:
-            readable_len += length
-        if readable_len + writable_len > U32_MAX:
-            return dev_fail(err, E_CHAIN_LARGE, head, index, in_indirect, 0, 0)
-        # Translate. Fast path: the buffer lies inside the region of the last hit and the scratch has room.
-        region = &m.regions[m.hint] if m.hint < m.n else NULL
-        offset = addr - region.gpa if region != NULL else 0
-        if (region != NULL and offset < region.size and length <= region.size - offset
-                and q.nseg < q.segs_cap):
-            seg = &q.segs[q.nseg]
-            seg.gpa = addr
-            seg.offset = offset
-            seg.len = length
-            seg.region = <uint16_t>m.hint
-            seg.writable = writable
-            q.nseg += 1
-        else:
-            r = dev_translate(q, m, addr, length, writable)
-            if r:
-                return dev_fail(err, r, head, index, in_indirect, addr, length)
+        r = dev_piece(q, m, addr, length, (flags & DESC_F_WRITE) != 0, &readable_len, &writable_len,
+                      &seen_writable)
+        if r:
+            return dev_fail_piece(err, r, head, index, in_indirect, addr, length)
         if not flags & DESC_F_NEXT:
             q.readable_len = <uint32_t>readable_len
             q.writable_len = <uint32_t>writable_len
@@ -563,12 +592,175 @@ cdef inline int dev_walk(SplitDev *q, MemMap *m, uint16_t head, ChainError *err)
         index = nxt
 
 
+
+# -- packed rings, device side (spec 2.8) -------------------------------------------------------------------
+cdef inline bint pk_is_avail(uint16_t flags, uint8_t wrap) noexcept nogil:
+    """Available in lap ``wrap``: AVAIL = wrap and USED = !wrap."""
+    return ((flags >> 7) & 1) == wrap and ((flags >> 15) & 1) != wrap
+
+
+cdef inline bint pk_is_used(uint16_t flags, uint8_t wrap) noexcept nogil:
+    """Used in lap ``wrap``: AVAIL = USED = wrap."""
+    return ((flags >> 7) & 1) == wrap and ((flags >> 15) & 1) == wrap
+
+
+cdef inline uint16_t pk_flags(const void *ring, uint32_t pos) noexcept nogil:
+    # desc[pos].flags, acquire: the descriptor's other fields (and the rest of a chain) are read after it.
+    return vring_observe_idx(<const uint16_t *>(<const unsigned char *>ring + 16 * pos + 14))
+
+
+cdef inline bint pk_event_wants(const unsigned char *event, bint event_idx, uint32_t size, uint8_t wrap,
+                                uint16_t new, uint16_t old) noexcept nogil:
+    """Does the other side's struct pvirtq_event_suppress ask to hear that the index moved from old to new?
+
+    An event offset from the previous lap is moved back by the ring size (mod 2**16), as Linux does.
+    """
+    cdef uint16_t off_wrap = vring_read_shared_u16(<const uint16_t *>event)
+    cdef uint16_t flags = vring_read_shared_u16(<const uint16_t *>(event + 2))
+    cdef uint16_t off
+    if flags == EVENT_DISABLE:
+        return False
+    if flags != EVENT_DESC or not event_idx:
+        return True  # ENABLE, or a value the spec reserves: notify rather than risk a lost wake-up
+    off = off_wrap & 0x7FFF
+    if (off_wrap >> 15) != wrap:
+        off -= size
+    return <uint16_t>(new - off - 1) < <uint16_t>(new - old)
+
+
+cdef inline void pk_set_event(unsigned char *event, uint16_t off_wrap, uint16_t flags) noexcept nogil:
+    vring_write_shared_u16(<uint16_t *>event, off_wrap)
+    vring_write_shared_u16(<uint16_t *>(event + 2), flags)
+
+
+cdef inline int pk_dev_peek(SplitDev *q, MemMap *m, uint16_t *head_out, ChainError *err) noexcept nogil:
+    """Read and check the chain at last_avail without taking it: 1, 0 (nothing available) or minus a code."""
+    cdef const unsigned char *ring = <const unsigned char *>q.desc
+    cdef const unsigned char *table
+    cdef uint64_t words[2]
+    cdef uint64_t addr, readable_len = 0, writable_len = 0
+    cdef uint32_t pos = q.last_avail, head_pos = q.last_avail, count = 0, length, k, entries
+    cdef uint8_t wrap = q.avail_wrap
+    cdef uint16_t flags, buffer_id = 0
+    cdef bint seen_writable = False
+    cdef int r
+    if not pk_is_avail(pk_flags(ring, pos), wrap):
+        return 0
+    q.nseg = 0
+    q.was_indirect = False
+    while True:
+        if count >= q.size:
+            return -dev_fail(err, E_CHAIN_TOO_LONG, head_pos, pos, False, q.size, 0)
+        # struct pvirtq_desc, read once: every check and every use below works on these local copies.
+        vring_load_desc_once(words, ring + 16 * pos)
+        addr = words[0]
+        length = <uint32_t>words[1]
+        buffer_id = <uint16_t>(words[1] >> 32)
+        flags = <uint16_t>(words[1] >> 48)
+        if count and not pk_is_avail(flags, wrap):
+            return -dev_fail(err, E_CHAIN_FLAGS, head_pos, pos, False, flags, wrap)
+        count += 1
+        if flags & DESC_F_INDIRECT:
+            if not q.indirect:
+                return -dev_fail(err, E_INDIRECT_NOT_NEGOTIATED, head_pos, pos, False, 0, 0)
+            if flags & DESC_F_NEXT:
+                return -dev_fail(err, E_INDIRECT_NEXT, head_pos, pos, False, 0, 0)
+            if length == 0:
+                return -dev_fail(err, E_INDIRECT_ZERO, head_pos, pos, False, 0, 0)
+            if length % 16:
+                return -dev_fail(err, E_INDIRECT_UNALIGNED, head_pos, pos, False, length, 0)
+            if length // 16 > q.max_indirect:
+                return -dev_fail(err, E_INDIRECT_LARGE, head_pos, pos, False, length, q.max_indirect)
+            table = mem_ptr(m, addr, length)
+            if table == NULL or addr + (length - 1) < addr:
+                return -dev_fail(err, E_INDIRECT_MEMORY, head_pos, pos, False, addr, length)
+            q.was_indirect = True
+            entries = length // 16
+            for k in range(entries):  # entries are sequential: NEXT has no meaning in a packed table
+                vring_load_desc_once(words, table + 16 * k)
+                if (words[1] >> 48) & DESC_F_NEXT:
+                    return -dev_fail(err, E_PACKED_TABLE_NEXT, head_pos, k, True, 0, 0)
+                if (words[1] >> 48) & DESC_F_INDIRECT:
+                    return -dev_fail(err, E_NESTED_INDIRECT, head_pos, k, True, 0, 0)
+                r = dev_piece(q, m, words[0], <uint32_t>words[1], ((words[1] >> 48) & DESC_F_WRITE) != 0,
+                              &readable_len, &writable_len, &seen_writable)
+                if r:
+                    return -dev_fail_piece(err, r, head_pos, k, True, words[0], <uint32_t>words[1])
+            break
+        r = dev_piece(q, m, addr, length, (flags & DESC_F_WRITE) != 0, &readable_len, &writable_len,
+                      &seen_writable)
+        if r:
+            return -dev_fail_piece(err, r, head_pos, pos, False, addr, length)
+        if not flags & DESC_F_NEXT:
+            break
+        pos += 1
+        if pos == q.size:
+            pos = 0
+            wrap ^= 1
+    if buffer_id >= q.size:
+        return -dev_fail(err, E_BUFFER_ID_RANGE, head_pos, pos, False, buffer_id, q.size)
+    if q.inflight[buffer_id]:
+        return -dev_fail(err, E_BUFFER_ID_INFLIGHT, head_pos, pos, False, buffer_id, 0)
+    q.readable_len = <uint32_t>readable_len
+    q.writable_len = <uint32_t>writable_len
+    q.peeked_ndesc = count
+    head_out[0] = buffer_id
+    return 1
+
+
+cdef inline void pk_dev_commit(SplitDev *q, uint16_t buffer_id) noexcept nogil:
+    cdef uint32_t pos = q.last_avail + q.peeked_ndesc
+    q.inflight[buffer_id] = 1
+    q.inflight_wlen[buffer_id] = q.writable_len
+    q.ndesc[buffer_id] = <uint16_t>q.peeked_ndesc
+    if pos >= q.size:
+        pos -= q.size
+        q.avail_wrap ^= 1
+    q.last_avail = <uint16_t>pos
+
+
+cdef inline void pk_dev_put_used(SplitDev *q, uint16_t buffer_id, uint32_t written) noexcept nogil:
+    # The used descriptor: len and id first, then its flags (AVAIL = USED = our wrap counter), published.
+    cdef unsigned char *desc = <unsigned char *>q.desc + 16 * q.used_idx
+    cdef uint32_t pos
+    cdef uint16_t flags = (PACKED_F_AVAIL | PACKED_F_USED if q.used_wrap else 0) | (DESC_F_WRITE if written else 0)
+    memcpy(desc + 8, &written, 4)
+    memcpy(desc + 12, &buffer_id, 2)
+    vring_publish_desc_flags(<uint16_t *>(desc + 14), flags)
+    q.inflight[buffer_id] = 0
+    pos = q.used_idx + q.ndesc[buffer_id]
+    if pos >= q.size:
+        pos -= q.size
+        q.used_wrap ^= 1
+    q.used_idx = <uint16_t>pos
+    q.pushed += q.ndesc[buffer_id]
+
+
+cdef inline bint pk_dev_notify_needed(SplitDev *q) noexcept nogil:
+    cdef uint16_t new = q.used_idx
+    cdef uint32_t pushed = q.pushed
+    cdef bint valid = q.signalled_valid
+    cdef bint wants
+    q.pushed = 0
+    q.signalled_valid = True
+    if valid and not pushed:
+        return False
+    # Our used descriptors must be visible before we read the driver's event suppression.
+    vring_fence_store_then_check()
+    wants = pk_event_wants(<const unsigned char *>q.avail, q.event_idx, q.size, q.used_wrap, new,
+                           <uint16_t>(new - pushed))
+    return wants or (not valid and vring_read_shared_u16(<const uint16_t *>(<unsigned char *>q.avail + 2))
+                     != EVENT_DISABLE)
+
+
 cdef inline int dev_peek(SplitDev *q, MemMap *m, uint16_t *head_out, ChainError *err) noexcept nogil:
     """Read and check the next chain into q.segs without taking it: 1 found, 0 nothing available, or minus the
     failed check's code."""
     cdef uint16_t avail_idx
     cdef uint16_t head = 0
     cdef int r
+    if q.packed:
+        return pk_dev_peek(q, m, head_out, err)
     if q.avail_shadow == q.last_avail:
         # Everything seen so far is consumed: look at avail->idx again (acquire: ring entries after it).
         avail_idx = vring_observe_idx(&q.avail[1])
@@ -591,6 +783,9 @@ cdef inline int dev_peek(SplitDev *q, MemMap *m, uint16_t *head_out, ChainError 
 
 cdef inline void dev_commit(SplitDev *q, uint16_t head) noexcept nogil:
     """Take the chain dev_peek found: it is in flight until pushed."""
+    if q.packed:
+        pk_dev_commit(q, head)
+        return
     q.inflight[head] = 1
     q.inflight_wlen[head] = q.writable_len
     q.last_avail += 1
@@ -608,7 +803,10 @@ cdef inline void dev_after_pop(SplitDev *q) noexcept nogil:
     # With EVENT_IDX, ask for a kick once the driver passes what we consumed (as QEMU's virtqueue_pop does),
     # unless the device disabled notifications to poll.
     if q.event_idx and q.notify_enabled:
-        vring_write_shared_u16(<uint16_t *>(q.used + 4 + 8 * q.size), q.last_avail)  # used->avail_event
+        if q.packed:  # device event suppression: the next descriptor, in its lap
+            pk_set_event(q.used, q.last_avail | (q.avail_wrap << 15), EVENT_DESC)
+        else:
+            vring_write_shared_u16(<uint16_t *>(q.used + 4 + 8 * q.size), q.last_avail)  # used->avail_event
 
 
 cdef inline int dev_check_push(SplitDev *q, uint64_t head, uint64_t written) noexcept nogil:
@@ -623,12 +821,19 @@ cdef inline int dev_check_push(SplitDev *q, uint64_t head, uint64_t written) noe
 cdef inline void dev_put_used(SplitDev *q, uint16_t head, uint32_t written) noexcept nogil:
     # used->ring[used_idx % size] = {id, len}; plain stores, published by the release of used->idx.
     cdef vring_used_elem elem
+    if q.packed:
+        pk_dev_put_used(q, head, written)
+        return
     elem.id = head
     elem.len = written
     memcpy(q.used + 4 + 8 * (q.used_idx & (q.size - 1)), &elem, sizeof(elem))
     q.inflight[head] = 0
     q.used_idx += 1
 
+
+cdef inline void dev_publish(SplitDev *q) noexcept nogil:
+    if not q.packed:  # a packed ring published each used descriptor by its flags already
+        vring_publish_idx(<uint16_t *>(q.used + 2), q.used_idx)  # used->idx, release: the elements first
 
 ctypedef fused push_head_t:
     long long
@@ -667,8 +872,9 @@ cdef int dev_push_all(SplitDev *q, const push_head_t *heads, const push_len_t *l
         q.inflight[heads[i]] = 1
         dev_put_used(q, <uint16_t>heads[i], <uint32_t>lens[i])
     if n:
-        vring_publish_idx(<uint16_t *>(q.used + 2), q.used_idx)  # used->idx, release: the elements first
+        dev_publish(q)
     return 0
+
 
 
 cdef inline bint dev_notify_needed(SplitDev *q) noexcept nogil:
@@ -676,6 +882,8 @@ cdef inline bint dev_notify_needed(SplitDev *q) noexcept nogil:
     cdef uint16_t old = q.signalled_used
     cdef bint valid = q.signalled_valid
     cdef uint16_t event
+    if q.packed:
+        return pk_dev_notify_needed(q)
     q.signalled_used = new
     q.signalled_valid = True
     if valid and new == old:
@@ -697,6 +905,7 @@ cdef class DeviceQueue:
     def __dealloc__(self):
         free(self.q.inflight)
         free(self.q.inflight_wlen)
+        free(self.q.ndesc)
         free(self.q.segs)
 
     def __init__(self, GuestMemory mem, layout, features=0, *, max_indirect=DEFAULT_MAX_INDIRECT):
@@ -713,9 +922,10 @@ cdef class DeviceQueue:
         self._bind()
         self.q.inflight = <uint8_t *>malloc(self.q.size)
         self.q.inflight_wlen = <uint32_t *>malloc(self.q.size * sizeof(uint32_t))
+        self.q.ndesc = <uint16_t *>malloc(self.q.size * sizeof(uint16_t))
         self.q.segs_cap = 16
         self.q.segs = <Seg *>malloc(self.q.segs_cap * sizeof(Seg))
-        if self.q.inflight == NULL or self.q.inflight_wlen == NULL or self.q.segs == NULL:
+        if self.q.inflight == NULL or self.q.inflight_wlen == NULL or self.q.segs == NULL or self.q.ndesc == NULL:
             raise MemoryError()
         self.reset()
 
@@ -726,10 +936,11 @@ cdef class DeviceQueue:
         cdef unsigned char *used
         if self._generation == self.mem.generation:
             return 0
-        layout = self.layout
-        bind_area(self.mem, layout.desc, layout.desc_bytes, &desc)
-        bind_area(self.mem, layout.avail, layout.avail_bytes, &avail)
-        bind_area(self.mem, layout.used, layout.used_bytes, &used)
+        # Split: descriptor table, avail ring, used ring. Packed: descriptor ring, driver and device event areas.
+        (gdesc, ndesc), (gavail, navail), (gused, nused) = self.layout.areas()
+        bind_area(self.mem, gdesc, ndesc, &desc)
+        bind_area(self.mem, gavail, navail, &avail)
+        bind_area(self.mem, gused, nused, &used)
         self.q.desc = <vring_desc *>desc
         self.q.avail = <uint16_t *>avail
         self.q.used = used
@@ -779,10 +990,15 @@ cdef class DeviceQueue:
         self.q.used_flags = 0
         self.q.signalled_used = 0
         self.q.signalled_valid = False
+        self.q.avail_wrap = 1
+        self.q.used_wrap = 1
+        self.q.pushed = 0
         memset(self.q.inflight, 0, self.q.size)
 
     @property
     def state(self):
+        if self.q.packed:
+            return QueueState(self.q.last_avail, self.q.used_idx, self.q.avail_wrap, self.q.used_wrap)
         return QueueState(self.q.last_avail, self.q.used_idx)
 
     def restore(self, state):
@@ -790,6 +1006,17 @@ cdef class DeviceQueue:
         state = QueueState(*state)
         self.reset()
         self._bind()
+        if self.q.packed:
+            size = self.q.size
+            if not 0 <= state.last_avail_idx < size or state.used_idx is not None and not 0 <= state.used_idx < size:
+                raise ValueError(f"state {tuple(state)} is outside a ring of {size}")
+            self.q.last_avail = state.last_avail_idx
+            self.q.avail_wrap = int(state.avail_wrap) & 1
+            if state.used_idx is None:
+                self.q.used_idx, self.q.used_wrap = self.q.last_avail, self.q.avail_wrap
+            else:
+                self.q.used_idx, self.q.used_wrap = state.used_idx, int(state.used_wrap) & 1
+            return
         self.q.last_avail = int(state.last_avail_idx) & 0xFFFF
         self.q.avail_shadow = self.q.last_avail
         if state.used_idx is None:
@@ -800,9 +1027,19 @@ cdef class DeviceQueue:
     # -- popping -------------------------------------------------------------------------------------------
     def avail_pending(self):
         """How many chains the driver has made available that the device has not popped (0 if broken)."""
+        cdef uint32_t count = 0, pos = self.q.last_avail
+        cdef uint8_t wrap = self.q.avail_wrap
         if self.broken:
             return 0
         self._bind()
+        if self.q.packed:  # descriptors made available from last_avail_idx on
+            while count < self.q.size and pk_is_avail(pk_flags(self.q.desc, pos), wrap):
+                count += 1
+                pos += 1
+                if pos == self.q.size:
+                    pos = 0
+                    wrap ^= 1
+            return count
         return <uint16_t>(vring_observe_idx(&self.q.avail[1]) - self.q.last_avail)  # avail->idx
 
     def pop(self):
@@ -854,7 +1091,7 @@ cdef class DeviceQueue:
         if not 0 <= written <= self.q.inflight_wlen[head]:
             self._push_error(2, head, written)
         dev_put_used(&self.q, head, written)
-        vring_publish_idx(<uint16_t *>(self.q.used + 2), self.q.used_idx)  # used->idx, release: element first
+        dev_publish(&self.q)
 
     def push_many(self, heads, lens):
         """Return several chains; the used index is published once, after all their elements."""
@@ -947,6 +1184,13 @@ cdef class DeviceQueue:
         """Ask the driver to kick again; returns True if chains are already available (handle them first)."""
         self._check()
         self.q.notify_enabled = True
+        if self.q.packed:
+            if self.q.event_idx:
+                pk_set_event(self.q.used, self.q.last_avail | (self.q.avail_wrap << 15), EVENT_DESC)
+            else:
+                pk_set_event(self.q.used, 0, EVENT_ENABLE)
+            vring_fence_store_then_check()
+            return pk_is_avail(pk_flags(self.q.desc, self.q.last_avail), self.q.avail_wrap)
         if self.q.event_idx:
             vring_write_shared_u16(<uint16_t *>(self.q.used + 4 + 8 * self.q.size), self.q.last_avail)
         else:
@@ -960,6 +1204,9 @@ cdef class DeviceQueue:
         """Tell the driver kicks are not needed (the device polls); with EVENT_IDX avail_event just stops moving."""
         self._check()
         self.q.notify_enabled = False
+        if self.q.packed:
+            pk_set_event(self.q.used, 0, EVENT_DISABLE)
+            return
         if not self.q.event_idx:
             self.q.used_flags |= USED_F_NO_NOTIFY
             vring_write_shared_u16(<uint16_t *>self.q.used, self.q.used_flags)  # used->flags
@@ -991,6 +1238,191 @@ ctypedef fused seg_len_t:
     uint32_t    # lengths from a Batch
 
 
+
+# -- packed rings, driver side -------------------------------------------------------------------------------
+cdef inline int pk_drv_add(SplitDrv *q, MemMap *m, const uint64_t *addrs, const seg_len_t *lens, const uint8_t *wr,
+                           uint32_t nseg, uint16_t *head_out, uint32_t *bad) noexcept nogil:
+    """Make one chain available in the packed ring: 0, or an A_* code. Checks first, then writes: the rest of
+    the chain, then the head, whose flags (release) make the whole chain available at once."""
+    cdef uint64_t wlen = 0
+    cdef bint seen_w = False, indirect
+    cdef uint32_t k, needed, pos
+    cdef uint16_t buffer_id, flags, head_flags = 0
+    cdef uint8_t wrap
+    cdef unsigned char *ring = <unsigned char *>q.desc
+    cdef unsigned char *table
+    cdef unsigned char *desc
+    cdef uint64_t head_addr = 0
+    cdef uint32_t head_len = 0
+    if nseg == 0:
+        return A_EMPTY
+    indirect = drv_indirect_for(q, nseg)
+    if not indirect and nseg > q.size:
+        return A_LONG
+    needed = 1 if indirect else nseg
+    if q.num_free < needed:
+        bad[0] = needed
+        return A_FULL
+    for k in range(nseg):
+        bad[0] = k
+        if seg_len_t is uint32_t:
+            if lens[k] == 0:
+                return A_LEN
+        else:
+            if lens[k] < 1 or lens[k] > <long long>U32_MAX:
+                return A_LEN
+        if wr[k]:
+            seen_w = True
+            wlen += <uint64_t>lens[k]
+        elif seen_w:
+            return A_ORDER
+        if not mem_contains(m, addrs[k], <uint64_t>lens[k]):
+            return A_ADDR
+    if wlen > U32_MAX:
+        return A_WLEN
+    buffer_id = q.free_head
+    q.free_head = q.next[buffer_id]
+    if indirect:
+        table = q.indirect_host + <uint64_t>buffer_id * q.indirect_max * 16
+        for k in range(nseg):  # entries are sequential: no NEXT, no id
+            desc = table + 16 * k
+            flags = DESC_F_WRITE if wr[k] else 0
+            memcpy(desc, &addrs[k], 8)
+            head_len = <uint32_t>lens[k]
+            memcpy(desc + 8, &head_len, 4)
+            memset(desc + 12, 0, 2)
+            memcpy(desc + 14, &flags, 2)
+        head_addr = q.indirect_area + <uint64_t>buffer_id * q.indirect_max * 16
+        head_len = nseg * 16
+        head_flags = DESC_F_INDIRECT
+    else:
+        pos = q.avail_idx
+        wrap = q.avail_wrap
+        for k in range(nseg):
+            flags = (DESC_F_WRITE if wr[k] else 0) | (DESC_F_NEXT if k < nseg - 1 else 0)
+            if k == 0:
+                head_addr = addrs[0]
+                head_len = <uint32_t>lens[0]
+                head_flags = flags
+            else:  # the rest of the chain goes in first, flags and all
+                desc = ring + 16 * pos
+                flags |= PACKED_F_AVAIL if wrap else PACKED_F_USED
+                memcpy(desc, &addrs[k], 8)
+                memcpy(desc + 12, &buffer_id, 2)
+                memcpy(desc + 14, &flags, 2)
+                desc[8] = <uint8_t>lens[k]
+                desc[9] = <uint8_t>(<uint32_t>lens[k] >> 8)
+                desc[10] = <uint8_t>(<uint32_t>lens[k] >> 16)
+                desc[11] = <uint8_t>(<uint32_t>lens[k] >> 24)
+            pos += 1
+            if pos == q.size:
+                pos = 0
+                wrap ^= 1
+    desc = ring + 16 * q.avail_idx
+    memcpy(desc, &head_addr, 8)
+    memcpy(desc + 8, &head_len, 4)
+    memcpy(desc + 12, &buffer_id, 2)
+    vring_publish_desc_flags(<uint16_t *>(desc + 14),
+                             head_flags | (PACKED_F_AVAIL if q.avail_wrap else PACKED_F_USED))
+    pos = q.avail_idx + needed
+    if pos >= q.size:
+        pos -= q.size
+        q.avail_wrap ^= 1
+    q.avail_idx = <uint16_t>pos
+    q.num_free -= needed
+    q.added += needed
+    q.slots_in_flight += needed
+    q.ndesc[buffer_id] = <uint16_t>needed
+    q.wlen[buffer_id] = <uint32_t>wlen
+    q.inflight[buffer_id] = 1
+    if q.in_order:
+        q.order[(q.order_head + q.order_len) % q.size] = buffer_id
+        q.order_len += 1
+    head_out[0] = buffer_id
+    return 0
+
+
+cdef inline bint pk_drv_kick_needed(SplitDrv *q) noexcept nogil:
+    cdef uint32_t added = q.added
+    q.added = 0
+    if not added:
+        return False
+    # Our descriptors must be visible before we read the device's event suppression.
+    vring_fence_store_then_check()
+    return pk_event_wants(q.used, q.event_idx, q.size, q.avail_wrap, q.avail_idx,
+                          <uint16_t>(q.avail_idx - added))
+
+
+cdef inline void pk_drv_retire(SplitDrv *q, uint16_t buffer_id) noexcept nogil:
+    """The buffer's slots and its id are free again."""
+    cdef uint32_t pos = q.last_used + q.ndesc[buffer_id]
+    if pos >= q.size:
+        pos -= q.size
+        q.used_wrap ^= 1
+    q.last_used = <uint16_t>pos
+    q.num_free += q.ndesc[buffer_id]
+    q.slots_in_flight -= q.ndesc[buffer_id]
+    q.inflight[buffer_id] = 0
+    q.next[buffer_id] = q.free_head
+    q.free_head = buffer_id
+
+
+cdef inline void pk_skip_push(SplitDrv *q, uint16_t buffer_id, uint32_t written) noexcept nogil:
+    cdef uint32_t slot = (q.skip_head + q.skip_count) % q.size
+    q.skip_id[slot] = buffer_id
+    q.skip_len[slot] = written
+    q.skip_count += 1
+
+
+cdef inline int pk_drv_reap_one(SplitDrv *q, uint16_t *head, uint32_t *written, uint64_t *a,
+                                uint64_t *b) noexcept nogil:
+    """1 reaped one, 0 nothing, or minus a U_* code."""
+    cdef uint64_t words[2]
+    cdef uint32_t length
+    cdef uint16_t buffer_id, flags, skipped
+    if not q.skip_count:
+        if not pk_is_used(pk_flags(q.desc, q.last_used), q.used_wrap):
+            return 0
+        vring_load_desc_once(words, <unsigned char *>q.desc + 16 * q.last_used)  # the used descriptor, once
+        length = <uint32_t>words[1]
+        buffer_id = <uint16_t>(words[1] >> 32)
+        flags = <uint16_t>(words[1] >> 48)
+        if not q.slots_in_flight:
+            a[0] = flags
+            return -U_WRAP
+        a[0] = buffer_id
+        if buffer_id >= q.size:
+            b[0] = q.size
+            return -U_ID_RANGE
+        if not q.inflight[buffer_id]:
+            return -U_NOT_IN_FLIGHT
+        if length > q.wlen[buffer_id]:
+            a[0] = length
+            b[0] = q.wlen[buffer_id]
+            return -U_LEN_LARGE
+        if q.in_order:
+            # IN_ORDER: one used descriptor may stand for every buffer made available before it.
+            while q.order_len and q.order[q.order_head] != buffer_id:
+                skipped = q.order[q.order_head]
+                q.order_head = (q.order_head + 1) % q.size
+                q.order_len -= 1
+                pk_drv_retire(q, skipped)
+                pk_skip_push(q, skipped, 0)
+            q.order_head = (q.order_head + 1) % q.size
+            q.order_len -= 1
+        pk_drv_retire(q, buffer_id)
+        if not q.skip_count:
+            head[0] = buffer_id
+            written[0] = length
+            return 1
+        pk_skip_push(q, buffer_id, length)
+    head[0] = q.skip_id[q.skip_head]
+    written[0] = q.skip_len[q.skip_head]
+    q.skip_head = (q.skip_head + 1) % q.size
+    q.skip_count -= 1
+    return 1
+
+
 cdef inline int drv_add(SplitDrv *q, MemMap *m, const uint64_t *addrs, const seg_len_t *lens, const uint8_t *wr,
                  uint32_t nseg, uint16_t *head_out, uint32_t *bad) noexcept nogil:
     """Add one chain: 0, or an A_* code (``bad`` = the offending segment where there is one)."""
@@ -1000,6 +1432,8 @@ cdef inline int drv_add(SplitDrv *q, MemMap *m, const uint64_t *addrs, const seg
     cdef uint16_t head, index, nxt
     cdef vring_desc d
     cdef unsigned char *table = NULL
+    if q.packed:
+        return pk_drv_add(q, m, addrs, lens, wr, nseg, head_out, bad)
     if nseg == 0:
         return A_EMPTY
     indirect = drv_indirect_for(q, nseg)
@@ -1071,6 +1505,8 @@ cdef inline bint drv_kick_needed(SplitDrv *q) noexcept nogil:
     cdef uint16_t new = q.avail_idx
     cdef uint16_t old = q.published
     cdef uint16_t event
+    if q.packed:
+        return pk_drv_kick_needed(q)
     if new == old:
         return False
     vring_publish_idx(&q.avail[1], new)  # avail->idx, release: descriptors and ring entries visible first
@@ -1101,6 +1537,8 @@ cdef inline int drv_reap_one(SplitDrv *q, uint16_t *head, uint32_t *written, uin
     cdef uint16_t outstanding
     cdef vring_used_elem elem
     cdef uint64_t raw
+    if q.packed:
+        return pk_drv_reap_one(q, head, written, a, b)
     if q.used_shadow == last:
         # Everything seen so far is reaped: look at used->idx again (acquire: elements after it).
         used_idx = vring_observe_idx(<uint16_t *>(q.used + 2))
@@ -1134,7 +1572,10 @@ cdef inline int drv_reap_one(SplitDrv *q, uint16_t *head, uint32_t *written, uin
 
 cdef inline void drv_after_reap(SplitDrv *q) noexcept nogil:
     if q.event_idx and q.interrupts_enabled:
-        vring_write_shared_u16(&q.avail[2 + q.size], q.last_used)  # avail->used_event
+        if q.packed:  # driver event suppression: the next used descriptor, in its lap
+            pk_set_event(<unsigned char *>q.avail, q.last_used | (q.used_wrap << 15), EVENT_DESC)
+        else:
+            vring_write_shared_u16(&q.avail[2 + q.size], q.last_used)  # avail->used_event
 
 
 cdef inline cnp.ndarray _int_array(obj, dtype):
@@ -1165,6 +1606,9 @@ cdef class DriverQueue:
         free(self.q.ndesc)
         free(self.q.wlen)
         free(self.q.inflight)
+        free(self.q.order)
+        free(self.q.skip_id)
+        free(self.q.skip_len)
         free(self._has_token)
 
     def __init__(self, GuestMemory mem, layout, features=0, *, indirect_area=None, indirect_max=16,
@@ -1192,9 +1636,13 @@ cdef class DriverQueue:
         self.q.ndesc = <uint16_t *>malloc(n * sizeof(uint16_t))
         self.q.wlen = <uint32_t *>malloc(n * sizeof(uint32_t))
         self.q.inflight = <uint8_t *>malloc(n)
+        self.q.order = <uint16_t *>malloc(n * sizeof(uint16_t))
+        self.q.skip_id = <uint16_t *>malloc(n * sizeof(uint16_t))
+        self.q.skip_len = <uint32_t *>malloc(n * sizeof(uint32_t))
         self._has_token = <uint8_t *>malloc(n)
         if (self.q.next == NULL or self.q.ndesc == NULL or self.q.wlen == NULL or self.q.inflight == NULL
-                or self._has_token == NULL):
+                or self._has_token == NULL or self.q.order == NULL or self.q.skip_id == NULL
+                or self.q.skip_len == NULL):
             raise MemoryError()
         self.reset()
 
@@ -1210,10 +1658,10 @@ cdef class DriverQueue:
         cdef unsigned char *tables = NULL
         if self._generation == self.mem.generation:
             return 0
-        layout = self.layout
-        bind_area(self.mem, layout.desc, layout.desc_bytes, &desc)
-        bind_area(self.mem, layout.avail, layout.avail_bytes, &avail)
-        bind_area(self.mem, layout.used, layout.used_bytes, &used)
+        (gdesc, ndesc), (gavail, navail), (gused, nused) = self.layout.areas()
+        bind_area(self.mem, gdesc, ndesc, &desc)
+        bind_area(self.mem, gavail, navail, &avail)
+        bind_area(self.mem, gused, nused, &used)
         if self.indirect_area is not None:
             bind_area(self.mem, self.indirect_area, self.indirect_area_bytes(self.q.size, self.q.indirect_max),
                       &tables)
@@ -1251,11 +1699,12 @@ cdef class DriverQueue:
         cdef uint32_t i
         self._bind()
         layout = self.layout
-        memset(self.q.desc, 0, layout.desc_bytes)
-        memset(self.q.avail, 0, layout.avail_bytes)
-        memset(self.q.used, 0, layout.used_bytes)
+        (_, ndesc), (_, navail), (_, nused) = layout.areas()
+        memset(self.q.desc, 0, ndesc)
+        memset(self.q.avail, 0, navail)
+        memset(self.q.used, 0, nused)
         for i in range(self.q.size):
-            self.q.next[i] = (i + 1) & (self.q.size - 1)
+            self.q.next[i] = (i + 1) % self.q.size
         self.q.free_head = 0
         self.q.num_free = self.q.size
         memset(self.q.inflight, 0, self.q.size)
@@ -1267,6 +1716,12 @@ cdef class DriverQueue:
         self.q.used_shadow = 0
         self.q.avail_flags = 0
         self.q.interrupts_enabled = True
+        self.q.avail_wrap = 1
+        self.q.used_wrap = 1
+        self.q.added = 0
+        self.q.slots_in_flight = 0
+        self.q.order_head = self.q.order_len = 0
+        self.q.skip_head = self.q.skip_count = 0
         self.broken = False
         self.error = None
 
@@ -1568,6 +2023,9 @@ cdef class DriverQueue:
         """Ask the device not to interrupt (the driver polls)."""
         self._check()
         self.q.interrupts_enabled = False
+        if self.q.packed:
+            pk_set_event(<unsigned char *>self.q.avail, 0, EVENT_DISABLE)
+            return
         if self.q.event_idx:
             # used_event one behind what we have seen: the device's used index will not cross it again soon.
             vring_write_shared_u16(&self.q.avail[2 + self.q.size], <uint16_t>(self.q.last_used - 1))
@@ -1579,6 +2037,13 @@ cdef class DriverQueue:
         """Ask for an interrupt on the next used buffer; True if some are already there (reap before sleeping)."""
         self._check()
         self.q.interrupts_enabled = True
+        if self.q.packed:
+            if self.q.event_idx:
+                pk_set_event(<unsigned char *>self.q.avail, self.q.last_used | (self.q.used_wrap << 15), EVENT_DESC)
+            else:
+                pk_set_event(<unsigned char *>self.q.avail, 0, EVENT_ENABLE)
+            vring_fence_store_then_check()
+            return self.q.skip_count > 0 or pk_is_used(pk_flags(self.q.desc, self.q.last_used), self.q.used_wrap)
         if self.q.event_idx:
             vring_write_shared_u16(&self.q.avail[2 + self.q.size], self.q.last_used)  # avail->used_event
         else:
@@ -1587,6 +2052,32 @@ cdef class DriverQueue:
         # The store above must be visible before we read used->idx again, or an interrupt can be lost.
         vring_fence_store_then_check()
         return vring_observe_idx(<uint16_t *>(self.q.used + 2)) != self.q.last_used
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Packed queues: the same classes over the packed layout (the C functions dispatch on q.packed)
+# ---------------------------------------------------------------------------------------------------------------
+cdef class PackedDeviceQueue(DeviceQueue):
+    """The device's end of a packed virtqueue. Same methods as DeviceQueue; ``head`` is the buffer id."""
+
+    def __init__(self, GuestMemory mem, layout, features=0, *, max_indirect=DEFAULT_MAX_INDIRECT):
+        if not isinstance(layout, PackedLayout):
+            raise TypeError("a packed queue needs a PackedLayout")
+        self.q.packed = True
+        super().__init__(mem, layout, features, max_indirect=max_indirect)
+
+
+cdef class PackedDriverQueue(DriverQueue):
+    """The driver's end of a packed virtqueue. Same methods as DriverQueue; heads are buffer ids."""
+
+    def __init__(self, GuestMemory mem, layout, features=0, *, indirect_area=None, indirect_max=16,
+                 indirect_threshold=2):
+        if not isinstance(layout, PackedLayout):
+            raise TypeError("a packed queue needs a PackedLayout")
+        self.q.packed = True
+        self.q.in_order = bool(features & Feature.IN_ORDER)
+        super().__init__(mem, layout, features, indirect_area=indirect_area, indirect_max=indirect_max,
+                         indirect_threshold=indirect_threshold)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1642,7 +2133,7 @@ def run_cycles(DriverQueue drv not None, DeviceQueue dev not None, Batch shape n
             if r != 1:
                 break
             dev_after_pop(&dev.q)
-            vring_publish_idx(<uint16_t *>(dev.q.used + 2), dev.q.used_idx)  # used->idx, release
+            dev_publish(&dev.q)
             dev_notify_needed(&dev.q)
             for k in range(round_size):
                 r = drv_reap_one(&drv.q, &head, &written, &a, &b)

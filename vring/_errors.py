@@ -72,6 +72,12 @@ CHAIN_REASONS = (
     "zero-length",  # a buffer of length 0
     "chain-too-large",  # the chain's total length exceeds 2**32 - 1
     "buffer-outside-memory",  # a buffer that leaves guest memory
+    # Packed rings only:
+    "buffer-id-out-of-range",  # a chain's buffer id >= queue size
+    "buffer-id-in-flight",  # a buffer id the device holds already
+    "chain-flags",  # a descriptor after the head that is not available (broken AVAIL/USED bits, or a wrap)
+    "chain-too-long",  # a chain of more descriptors than the ring has
+    "indirect-next",  # NEXT set on an entry of a packed indirect table (entries are sequential)
 )
 
 # The driver-side checks of what the device wrote into the used ring (MalformedUsed reasons).
@@ -80,6 +86,7 @@ USED_REASONS = (
     "used-id-out-of-range",  # used element id >= queue size
     "used-id-not-in-flight",  # used element id is not the head of an outstanding chain (or was returned already)
     "used-len-too-large",  # used length larger than the chain's device-writable bytes
+    "used-wrap",  # packed: a used descriptor where the driver has nothing in flight
 )
 
 
@@ -122,6 +129,16 @@ def chain_error(reason: str, head: int, index: int, in_indirect: bool, a: int = 
         text = f"{where}: the chain's total length exceeds 2**32 - 1 bytes"
     elif reason == "buffer-outside-memory":
         text = f"{where} has a buffer at {a:#x} (+{b}) that leaves guest memory"
+    elif reason == "buffer-id-out-of-range":
+        text = f"{where}: buffer id {a} is not below the queue size {b}"
+    elif reason == "buffer-id-in-flight":
+        text = f"{where}: buffer id {a} is already held by the device"
+    elif reason == "chain-flags":
+        text = f"{where} is not available (flags {a:#x}, wrap counter {b}): the chain is broken"
+    elif reason == "chain-too-long":
+        text = f"{where}: the chain has more than the ring's {a} descriptors"
+    elif reason == "indirect-next":
+        text = f"{where} sets NEXT in a packed indirect table"
     else:  # pragma: no cover - a reason without wording is a bug in vring itself
         raise AssertionError(f"unknown chain check {reason!r}")
     return MalformedChain(f"malformed chain ({reason}): {text}", reason)
@@ -137,6 +154,8 @@ def used_error(reason: str, position: int, a: int = 0, b: int = 0) -> MalformedU
         text = f"used element {position} returns id {a}, which is not the head of an outstanding chain"
     elif reason == "used-len-too-large":
         text = f"used element {position} reports {a} bytes written, more than the chain's {b} writable bytes"
+    elif reason == "used-wrap":
+        text = f"used descriptor {position} (flags {a:#x}) is marked used but nothing is in flight there"
     else:  # pragma: no cover
         raise AssertionError(f"unknown used check {reason!r}")
     return MalformedUsed(f"malformed used ring ({reason}): {text}", reason)

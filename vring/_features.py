@@ -29,6 +29,12 @@ class Feature(enum.IntFlag):
 DESC_F_NEXT = 1
 DESC_F_WRITE = 2
 DESC_F_INDIRECT = 4
+# Packed rings: descriptor flag bits and event suppression flags (spec 2.8).
+PACKED_DESC_F_AVAIL = 1 << 7
+PACKED_DESC_F_USED = 1 << 15
+EVENT_FLAG_ENABLE = 0
+EVENT_FLAG_DISABLE = 1
+EVENT_FLAG_DESC = 2
 # avail->flags and used->flags.
 AVAIL_F_NO_INTERRUPT = 1
 USED_F_NO_NOTIFY = 1

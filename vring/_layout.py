@@ -80,3 +80,48 @@ class SplitLayout:
         avail = base + DESC_SIZE * size
         used = _align_up(avail + 2 * (3 + size), align)
         return cls(size, base, avail, used)
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """Guest-physical addresses of a packed virtqueue (spec 2.8): the descriptor ring and the two event
+    suppression structures. Alignment: descriptor ring 16, event structures 4; up to 32768 entries, any number."""
+
+    size: int
+    desc: int
+    driver_event: int  # struct pvirtq_event_suppress the driver writes (interrupt suppression)
+    device_event: int  # struct pvirtq_event_suppress the device writes (kick suppression)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or not 1 <= self.size <= MAX_QUEUE_SIZE:
+            raise LayoutError(f"packed queue size {self.size!r} is not between 1 and {MAX_QUEUE_SIZE}", "queue-size")
+        for name, addr, align, length in (
+            ("descriptor ring", self.desc, 16, self.desc_bytes),
+            ("driver event area", self.driver_event, 4, 4),
+            ("device event area", self.device_event, 4, 4),
+        ):
+            if not isinstance(addr, int) or addr < 0 or addr + length - 1 > _U64:
+                raise LayoutError(f"{name} address {addr!r} is not a 64-bit guest-physical address", "ring-address")
+            if addr % align:
+                raise LayoutError(f"{name} at {addr:#x} is not {align}-byte aligned", "ring-alignment")
+        areas = sorted(self.areas())
+        for (a0, n0), (a1, _n1) in zip(areas, areas[1:]):
+            if a0 + n0 > a1:
+                raise LayoutError("the ring areas overlap", "ring-overlap")
+
+    @property
+    def desc_bytes(self) -> int:
+        return DESC_SIZE * self.size
+
+    def areas(self) -> list[tuple[int, int]]:
+        """(guest-physical address, length) of the descriptor ring, driver and device event areas."""
+        return [(self.desc, self.desc_bytes), (self.driver_event, 4), (self.device_event, 4)]
+
+    @staticmethod
+    def contiguous_bytes(size: int) -> int:
+        return DESC_SIZE * size + 8
+
+    @classmethod
+    def contiguous(cls, size: int, base: int) -> "PackedLayout":
+        """Descriptor ring at ``base``, then the driver and the device event structures."""
+        return cls(size, base, base + DESC_SIZE * size, base + DESC_SIZE * size + 4)

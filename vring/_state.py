@@ -14,3 +14,5 @@ class QueueState(NamedTuple):
 
     last_avail_idx: int
     used_idx: int | None = None
+    avail_wrap: int = 1  # packed rings: the wrap counters (vhost-user carries avail_wrap in bit 15 of the base)
+    used_wrap: int = 1

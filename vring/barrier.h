@@ -45,6 +45,12 @@ static inline void vring_publish_idx(uint16_t *idx, uint16_t value) {
     __atomic_store_n(idx, value, __ATOMIC_RELEASE);
 }
 
+/* Publish a packed-ring descriptor (available, or used): its flags word is stored last, with release, so the
+ * address, length and id written before it are visible no later than the flags that make it count. */
+static inline void vring_publish_desc_flags(uint16_t *flags, uint16_t value) {
+    __atomic_store_n(flags, value, __ATOMIC_RELEASE);
+}
+
 /* Observe the other side's index: the ring entries and descriptors it covers are read only after it
  * (acquire load; the spec's "read memory barrier" after reading the index). */
 static inline uint16_t vring_observe_idx(const uint16_t *idx) {

@@ -2,6 +2,7 @@
 
 from .batch import Batch
 from .memory import GuestMemory
+from .packed import PackedDeviceQueue, PackedDriverQueue
 from .split import Chain, DeviceQueue, DriverQueue
 
-__all__ = ["Batch", "Chain", "DeviceQueue", "DriverQueue", "GuestMemory"]
+__all__ = ["Batch", "Chain", "DeviceQueue", "DriverQueue", "GuestMemory", "PackedDeviceQueue", "PackedDriverQueue"]

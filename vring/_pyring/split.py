@@ -53,10 +53,12 @@ class _Rings:
 
     __slots__ = ("desc", "avail", "used", "generation")
 
-    def __init__(self, mem: GuestMemory, layout: SplitLayout) -> None:
-        self.desc = mem.view(layout.desc, layout.desc_bytes)
-        self.avail = mem.view(layout.avail, layout.avail_bytes)
-        self.used = mem.view(layout.used, layout.used_bytes)
+    def __init__(self, mem: GuestMemory, layout: Any) -> None:
+        # Split: descriptor table, avail ring, used ring. Packed: descriptor ring, driver and device event areas.
+        (desc, ndesc), (avail, navail), (used, nused) = layout.areas()
+        self.desc = mem.view(desc, ndesc)
+        self.avail = mem.view(avail, navail)
+        self.used = mem.view(used, nused)
         self.generation = mem.generation
 
 
@@ -389,7 +391,7 @@ class DeviceQueue(_Queue):
         written = int(written)
         self._check_push(head, written)
         self._put_used(rings, head, written)
-        _U16.pack_into(rings.used, 2, self.used_idx)  # used->idx, release: the element is visible first
+        self._publish_used(rings)
 
     def push_many(self, heads: Iterable[int], lens: Iterable[int]) -> None:
         """Return several chains; the used index is published once, after all their elements."""
@@ -407,7 +409,10 @@ class DeviceQueue(_Queue):
         for head, written in zip(heads, lens):
             self._put_used(rings, head, written)
         if heads:
-            _U16.pack_into(rings.used, 2, self.used_idx)  # used->idx, release
+            self._publish_used(rings)
+
+    def _publish_used(self, rings: _Rings) -> None:
+        _U16.pack_into(rings.used, 2, self.used_idx)  # used->idx, release: the elements are visible first
 
     def push_batch(self, batch: Batch, count: int | None = None) -> None:
         """Return the first ``count`` (default ``batch.count``) chains of ``batch`` with ``batch.lens`` bytes

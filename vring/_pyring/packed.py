@@ -1,0 +1,426 @@
+"""Packed virtqueues (virtio 1.1+, spec 2.8), driver and device side: the pure-Python reference twin.
+
+One ring of 16-byte descriptors {le64 addr; le32 len; le16 id; le16 flags} serves both directions. The driver
+makes a descriptor available by setting its AVAIL flag bit to its wrap counter and USED to the inverse; the device
+marks a used one by setting both bits to *its* wrap counter. Chains occupy consecutive slots; the buffer id is in the
+last descriptor of a chain; the device writes one used descriptor per buffer and skips as many slots as the chain
+took. Two 4-byte event suppression structures {le16 off_wrap; le16 flags} replace the split ring's flags and event
+indices. The head descriptor's flags are the publication: written last (release), read first (acquire).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from typing import Any
+
+from .._errors import AddressError, QueueFull, chain_error, used_error
+from .._features import (
+    DEFAULT_MAX_INDIRECT,
+    DESC_F_INDIRECT,
+    DESC_F_NEXT,
+    DESC_F_WRITE,
+    DESC_SIZE,
+    EVENT_FLAG_DESC,
+    EVENT_FLAG_DISABLE,
+    EVENT_FLAG_ENABLE,
+    PACKED_DESC_F_AVAIL,
+    PACKED_DESC_F_USED,
+    Feature,
+    need_event,
+)
+from .._layout import PackedLayout
+from .._state import QueueState
+from .memory import GuestMemory
+from .split import _U32_MAX, Chain, DeviceQueue, DriverQueue, _Rings
+
+_PDESC = struct.Struct("<QIHH")  # struct pvirtq_desc {le64 addr; le32 len; le16 id; le16 flags;}
+_PDESC_BODY = struct.Struct("<QIH")  # the same without its flags, for writing a head before publishing it
+_ID_LEN = struct.Struct("<IH")  # len and id of a used descriptor (offsets 8 to 13)
+_U16 = struct.Struct("<H")
+_EVENT = struct.Struct("<HH")  # struct pvirtq_event_suppress {le16 off_wrap; le16 flags;}
+
+
+def _avail_bits(wrap: int) -> int:
+    """AVAIL = wrap, USED = !wrap: how the driver marks a descriptor available in the lap ``wrap``."""
+    return PACKED_DESC_F_AVAIL if wrap else PACKED_DESC_F_USED
+
+
+def _is_avail(flags: int, wrap: int) -> bool:
+    return bool(flags & PACKED_DESC_F_AVAIL) == bool(wrap) and bool(flags & PACKED_DESC_F_USED) != bool(wrap)
+
+
+def _is_used(flags: int, wrap: int) -> bool:
+    return bool(flags & PACKED_DESC_F_AVAIL) == bool(wrap) and bool(flags & PACKED_DESC_F_USED) == bool(wrap)
+
+
+def _event_wants(event: tuple[int, int], event_idx: bool, size: int, wrap: int, new: int, old: int) -> bool:
+    """Does the other side's event suppression structure ask to hear that the index moved from old to new?
+
+    ``new``/``old`` are ring positions in the current lap, ``old`` possibly "negative" (mod 2**16) when the
+    index wrapped; an event offset from the previous lap is moved back by the ring size to compare (as Linux).
+    """
+    off_wrap, flags = event
+    if flags == EVENT_FLAG_DISABLE:
+        return False
+    if flags != EVENT_FLAG_DESC or not event_idx:
+        return True  # ENABLE, or a value the spec reserves: notify rather than risk a lost wake-up
+    off = off_wrap & 0x7FFF
+    if off_wrap >> 15 != wrap:
+        off -= size
+    return need_event(off & 0xFFFF, new & 0xFFFF, old & 0xFFFF)
+
+
+class PackedDeviceQueue(DeviceQueue):
+    """The device's end of a packed virtqueue. Same methods as DeviceQueue; ``head`` is the buffer id."""
+
+    def __init__(self, mem: GuestMemory, layout: PackedLayout, features: int = 0, *,
+                 max_indirect: int = DEFAULT_MAX_INDIRECT) -> None:
+        if not isinstance(layout, PackedLayout):
+            raise TypeError("a packed queue needs a PackedLayout")
+        self._ndesc = [0] * layout.size  # ring slots each in-flight buffer took
+        super().__init__(mem, layout, features, max_indirect=max_indirect)
+
+    def reset(self) -> None:
+        super().reset()
+        self.avail_wrap = 1
+        self.used_wrap = 1
+        self._pushed = 0  # used slots written since the last notify_needed
+        self._peeked_ndesc = 0
+
+    @property
+    def state(self) -> QueueState:
+        return QueueState(self.last_avail_idx, self.used_idx, self.avail_wrap, self.used_wrap)
+
+    def restore(self, state: QueueState | tuple[int, ...]) -> None:
+        """Resume at a saved state; a ``used_idx`` of None means "where the driver's next chain starts"."""
+        state = QueueState(*state)
+        self.reset()
+        self._bind()
+        size = self.size
+        if not 0 <= state.last_avail_idx < size or state.used_idx is not None and not 0 <= state.used_idx < size:
+            raise ValueError(f"state {tuple(state)} is outside a ring of {size}")
+        self.last_avail_idx = int(state.last_avail_idx)
+        self.avail_wrap = int(state.avail_wrap) & 1
+        if state.used_idx is None:
+            self.used_idx, self.used_wrap = self.last_avail_idx, self.avail_wrap
+        else:
+            self.used_idx, self.used_wrap = int(state.used_idx), int(state.used_wrap) & 1
+
+    def avail_pending(self) -> int:
+        """Descriptors made available from last_avail_idx on (0 if broken)."""
+        if self.broken:
+            return 0
+        rings = self._bind()
+        count, pos, wrap = 0, self.last_avail_idx, self.avail_wrap
+        while count < self.size and _is_avail(self._flags(rings, pos), wrap):
+            count += 1
+            pos, wrap = (pos + 1, wrap) if pos + 1 < self.size else (0, wrap ^ 1)
+        return count
+
+    @staticmethod
+    def _flags(rings: _Rings, pos: int) -> int:
+        return _U16.unpack_from(rings.desc, DESC_SIZE * pos + 14)[0]  # desc[pos].flags
+
+    def _peek(self, rings: _Rings) -> Chain | None:
+        size = self.size
+        pos, wrap = self.last_avail_idx, self.avail_wrap
+        # desc[last_avail].flags, acquire: the descriptor's other fields, and the rest of the chain, after it.
+        if not _is_avail(self._flags(rings, pos), wrap):
+            return None
+        head_pos = pos
+        pieces: list[tuple[int, int, bool, tuple[int, memoryview]]] = []
+        readable_len = writable_len = 0
+        seen_writable = was_indirect = False
+        count = 0
+        buffer_id = 0
+        while True:
+            if count >= size:
+                raise self._fail(chain_error("chain-too-long", head_pos, pos, False, size))
+            # struct pvirtq_desc, read once: every check and every use below works on this copy.
+            addr, length, buffer_id, flags = _PDESC.unpack_from(rings.desc, DESC_SIZE * pos)
+            if count and not _is_avail(flags, wrap):
+                raise self._fail(chain_error("chain-flags", head_pos, pos, False, flags, wrap))
+            count += 1
+            if flags & DESC_F_INDIRECT:
+                entries = self._indirect_table(head_pos, pos, addr, length, flags)
+                was_indirect = True
+                for k, (eaddr, elen, _eid, eflags) in enumerate(entries):
+                    if eflags & DESC_F_NEXT:
+                        raise self._fail(chain_error("indirect-next", head_pos, k, True))
+                    if eflags & DESC_F_INDIRECT:
+                        raise self._fail(chain_error("nested-indirect", head_pos, k, True))
+                    readable_len, writable_len, seen_writable = self._piece(
+                        pieces, head_pos, k, True, eaddr, elen, bool(eflags & DESC_F_WRITE), readable_len,
+                        writable_len, seen_writable)
+                break
+            readable_len, writable_len, seen_writable = self._piece(
+                pieces, head_pos, pos, False, addr, length, bool(flags & DESC_F_WRITE), readable_len, writable_len,
+                seen_writable)
+            if not flags & DESC_F_NEXT:
+                break
+            pos, wrap = (pos + 1, wrap) if pos + 1 < size else (0, wrap ^ 1)
+        if buffer_id >= size:
+            raise self._fail(chain_error("buffer-id-out-of-range", head_pos, pos, False, buffer_id, size))
+        if self._inflight[buffer_id]:
+            raise self._fail(chain_error("buffer-id-in-flight", head_pos, pos, False, buffer_id))
+        self._peeked_ndesc = count
+        return Chain(buffer_id, pieces, readable_len, writable_len, was_indirect)
+
+    def _indirect_table(self, head: int, pos: int, addr: int, length: int, flags: int) -> list[tuple[int, ...]]:
+        if not self._indirect:
+            raise self._fail(chain_error("indirect-not-negotiated", head, pos, False))
+        if flags & DESC_F_NEXT:
+            raise self._fail(chain_error("indirect-with-next", head, pos, False))
+        if length == 0:
+            raise self._fail(chain_error("indirect-len-zero", head, pos, False))
+        if length % DESC_SIZE:
+            raise self._fail(chain_error("indirect-len-unaligned", head, pos, False, length))
+        if length // DESC_SIZE > self.max_indirect:
+            raise self._fail(chain_error("indirect-too-large", head, pos, False, length, self.max_indirect))
+        try:
+            table = self.mem.view(addr, length)
+        except AddressError:
+            raise self._fail(chain_error("indirect-outside-memory", head, pos, False, addr, length)) from None
+        return list(_PDESC.iter_unpack(table))  # the whole table, read once
+
+    def _piece(self, pieces: list, head: int, index: int, in_indirect: bool, addr: int, length: int,
+               writable: bool, readable_len: int, writable_len: int, seen_writable: bool) -> tuple[int, int, bool]:
+        """Check one buffer and add its pieces: the checks the split ring makes, in the same order."""
+        if length == 0:
+            raise self._fail(chain_error("zero-length", head, index, in_indirect))
+        if writable:
+            seen_writable = True
+            writable_len += length
+        elif seen_writable:
+            raise self._fail(chain_error("readable-after-writable", head, index, in_indirect))
+        else:
+            readable_len += length
+        if readable_len + writable_len > _U32_MAX:
+            raise self._fail(chain_error("chain-too-large", head, index, in_indirect))
+        try:
+            for region, offset, piece in self.mem.pieces(addr, length):
+                pieces.append((region.gpa + offset, piece, writable, (region.gpa, region.view)))
+        except AddressError:
+            raise self._fail(chain_error("buffer-outside-memory", head, index, in_indirect, addr,
+                                         length)) from None
+        return readable_len, writable_len, seen_writable
+
+    def _commit(self, chain: Chain) -> None:
+        self._inflight[chain.head] = 1
+        self._inflight_wlen[chain.head] = chain.writable_len
+        self._ndesc[chain.head] = self._peeked_ndesc
+        pos = self.last_avail_idx + self._peeked_ndesc
+        if pos >= self.size:
+            pos -= self.size
+            self.avail_wrap ^= 1
+        self.last_avail_idx = pos
+
+    def _after_pop(self, rings: _Rings) -> None:
+        # With EVENT_IDX, ask for a kick once the driver passes what we consumed (as the split ring does).
+        if self._event_idx and self._notify_enabled:
+            _EVENT.pack_into(rings.used, 0, self.last_avail_idx | self.avail_wrap << 15, EVENT_FLAG_DESC)
+
+    def _put_used(self, rings: _Rings, head: int, written: int) -> None:
+        # The used descriptor: id and len first, then flags (AVAIL = USED = our wrap counter), release.
+        pos = self.used_idx
+        flags = (PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED if self.used_wrap else 0) | (DESC_F_WRITE if written else 0)
+        _ID_LEN.pack_into(rings.desc, DESC_SIZE * pos + 8, written, head)
+        _U16.pack_into(rings.desc, DESC_SIZE * pos + 14, flags)  # desc[pos].flags, release
+        self._inflight[head] = 0
+        pos += self._ndesc[head]
+        if pos >= self.size:
+            pos -= self.size
+            self.used_wrap ^= 1
+        self.used_idx = pos
+        self._pushed += self._ndesc[head]
+
+    def _publish_used(self, rings: _Rings) -> None:
+        pass  # every used descriptor's flags published it
+
+    def notify_needed(self) -> bool:
+        rings = self._check()
+        # full fence: our used descriptors are visible before we read the driver's event suppression.
+        new, pushed = self.used_idx, self._pushed
+        valid = self._signalled_valid
+        self._pushed = 0
+        self._signalled_valid = True
+        if valid and not pushed:
+            return False
+        event = _EVENT.unpack_from(rings.avail, 0)  # driver event suppression
+        wants = _event_wants(event, self._event_idx, self.size, self.used_wrap, new, new - pushed)
+        return wants or (not valid and event[1] != EVENT_FLAG_DISABLE)
+
+    def enable_notifications(self) -> bool:
+        rings = self._check()
+        self._notify_enabled = True
+        if self._event_idx:
+            _EVENT.pack_into(rings.used, 0, self.last_avail_idx | self.avail_wrap << 15, EVENT_FLAG_DESC)
+        else:
+            _EVENT.pack_into(rings.used, 0, 0, EVENT_FLAG_ENABLE)
+        # full fence: the store above is visible before we look at the next descriptor again.
+        return _is_avail(self._flags(rings, self.last_avail_idx), self.avail_wrap)
+
+    def disable_notifications(self) -> None:
+        rings = self._check()
+        self._notify_enabled = False
+        _EVENT.pack_into(rings.used, 0, 0, EVENT_FLAG_DISABLE)
+
+
+class PackedDriverQueue(DriverQueue):
+    """The driver's end of a packed virtqueue. Same methods as DriverQueue; heads are buffer ids."""
+
+    def __init__(self, mem: GuestMemory, layout: PackedLayout, features: int = 0, *,
+                 indirect_area: int | None = None, indirect_max: int = 16, indirect_threshold: int = 2) -> None:
+        if not isinstance(layout, PackedLayout):
+            raise TypeError("a packed queue needs a PackedLayout")
+        self._in_order = bool(features & Feature.IN_ORDER)
+        super().__init__(mem, layout, features, indirect_area=indirect_area, indirect_max=indirect_max,
+                         indirect_threshold=indirect_threshold)
+
+    def reset(self) -> None:
+        super().reset()  # zeroes the ring and event areas; buffer ids come from the same private free list
+        self.avail_wrap = 1
+        self.used_wrap = 1
+        self._added = 0  # slots made available since the last kick_needed
+        self._slots_in_flight = 0
+        self._order: deque[int] = deque()  # buffer ids in the order they were made available (IN_ORDER)
+        self._skipped: deque[tuple[int, int]] = deque()  # in-order completions implied by a later used id
+
+    def _needed(self, nseg: int) -> int:
+        return 1 if self._indirect_for(nseg) else nseg
+
+    def _add(self, rings: _Rings, segs: list[tuple[int, int, bool]]) -> int:
+        nseg = len(segs)
+        if nseg == 0:
+            raise ValueError("a chain needs at least one buffer")
+        indirect = self._indirect_for(nseg)
+        if not indirect and nseg > self.size:
+            raise ValueError(f"a chain of {nseg} buffers is longer than the queue size {self.size}")
+        needed = 1 if indirect else nseg
+        if self.num_free < needed:
+            raise QueueFull(f"{needed} descriptors needed, {self.num_free} free")
+        wlen = 0
+        seen_w = False
+        for addr, length, w in segs:
+            if not 0 < length <= _U32_MAX:
+                raise ValueError(f"buffer length {length} is not between 1 and 2**32 - 1")
+            if w:
+                seen_w = True
+                wlen += length
+            elif seen_w:
+                raise ValueError("device-readable buffers must come before device-writable ones")
+            if not self.mem.contains(addr, length):
+                raise AddressError(f"buffer {addr:#x} (+{length}) is outside guest memory")
+        if wlen > _U32_MAX:
+            raise ValueError("the chain's writable length exceeds 2**32 - 1")
+        buffer_id = self._free_head
+        self._free_head = self._next[buffer_id]
+        head_pos, head_wrap = self.avail_idx, self.avail_wrap
+        if indirect:
+            table_gpa = self.indirect_area + buffer_id * self.indirect_max * DESC_SIZE
+            table = self.mem.view(table_gpa, DESC_SIZE * nseg)
+            for k, (addr, length, w) in enumerate(segs):  # entries are sequential: no NEXT, no id
+                _PDESC.pack_into(table, DESC_SIZE * k, addr, length, 0, DESC_F_WRITE if w else 0)
+            head = (table_gpa, DESC_SIZE * nseg, buffer_id, DESC_F_INDIRECT)
+        else:
+            pos, wrap = head_pos, head_wrap
+            for k, (addr, length, w) in enumerate(segs):
+                flags = (DESC_F_WRITE if w else 0) | (DESC_F_NEXT if k < nseg - 1 else 0)
+                if k == 0:
+                    head = (addr, length, buffer_id, flags)
+                else:  # the rest of the chain goes in first, flags and all
+                    _PDESC.pack_into(rings.desc, DESC_SIZE * pos, addr, length, buffer_id, flags | _avail_bits(wrap))
+                pos, wrap = (pos + 1, wrap) if pos + 1 < self.size else (0, wrap ^ 1)
+        addr, length, _, flags = head
+        _PDESC_BODY.pack_into(rings.desc, DESC_SIZE * head_pos, addr, length, buffer_id)
+        # desc[head].flags last, release: this makes the whole chain available.
+        _U16.pack_into(rings.desc, DESC_SIZE * head_pos + 14, flags | _avail_bits(head_wrap))
+        pos = head_pos + needed
+        if pos >= self.size:
+            pos -= self.size
+            self.avail_wrap ^= 1
+        self.avail_idx = pos
+        self.num_free -= needed
+        self._added += needed
+        self._slots_in_flight += needed
+        self._ndesc[buffer_id] = needed
+        self._wlen[buffer_id] = wlen
+        self._inflight[buffer_id] = 1
+        if self._in_order:
+            self._order.append(buffer_id)
+        return buffer_id
+
+    def kick_needed(self) -> bool:
+        rings = self._check()
+        added, self._added = self._added, 0
+        if not added:
+            return False
+        # full fence: our descriptors are visible before we read the device's event suppression.
+        event = _EVENT.unpack_from(rings.used, 0)  # device event suppression
+        new = self.avail_idx
+        return _event_wants(event, self._event_idx, self.size, self.avail_wrap, new, new - added)
+
+    def _reap_one(self, rings: _Rings) -> tuple[int, int] | None:
+        if self._skipped:
+            return self._skipped.popleft()
+        pos = self.last_used_idx
+        # desc[pos].flags, acquire: id and len after it.
+        if not _is_used(self._flags(rings, pos), self.used_wrap):
+            return None
+        _addr, written, buffer_id, flags = _PDESC.unpack_from(rings.desc, DESC_SIZE * pos)  # once
+        if not self._slots_in_flight:
+            raise self._fail(used_error("used-wrap", pos, flags))
+        if buffer_id >= self.size:
+            raise self._fail(used_error("used-id-out-of-range", pos, buffer_id, self.size))
+        if not self._inflight[buffer_id]:
+            raise self._fail(used_error("used-id-not-in-flight", pos, buffer_id))
+        if written > self._wlen[buffer_id]:
+            raise self._fail(used_error("used-len-too-large", pos, written, self._wlen[buffer_id]))
+        if self._in_order:
+            # IN_ORDER: one used descriptor may stand for every buffer made available before it.
+            while self._order and self._order[0] != buffer_id:
+                skipped = self._order.popleft()
+                self._retire(skipped)
+                self._skipped.append((skipped, 0))
+            self._order.popleft()
+        self._retire(buffer_id)
+        if self._skipped:
+            self._skipped.append((buffer_id, written))
+            return self._skipped.popleft()
+        return buffer_id, written
+
+    _flags = staticmethod(PackedDeviceQueue._flags)
+
+    def _retire(self, buffer_id: int) -> None:
+        """The buffer's slots are free again, and its id."""
+        pos = self.last_used_idx + self._ndesc[buffer_id]
+        if pos >= self.size:
+            pos -= self.size
+            self.used_wrap ^= 1
+        self.last_used_idx = pos
+        self.num_free += self._ndesc[buffer_id]
+        self._slots_in_flight -= self._ndesc[buffer_id]
+        self._inflight[buffer_id] = 0
+        self._next[buffer_id] = self._free_head
+        self._free_head = buffer_id
+
+    def _after_reap(self, rings: _Rings) -> None:
+        if self._event_idx and self._interrupts_enabled:
+            _EVENT.pack_into(rings.avail, 0, self.last_used_idx | self.used_wrap << 15, EVENT_FLAG_DESC)
+
+    def disable_interrupts(self) -> None:
+        rings = self._check()
+        self._interrupts_enabled = False
+        _EVENT.pack_into(rings.avail, 0, 0, EVENT_FLAG_DISABLE)
+
+    def enable_interrupts(self) -> bool:
+        rings = self._check()
+        self._interrupts_enabled = True
+        if self._event_idx:
+            _EVENT.pack_into(rings.avail, 0, self.last_used_idx | self.used_wrap << 15, EVENT_FLAG_DESC)
+        else:
+            _EVENT.pack_into(rings.avail, 0, 0, EVENT_FLAG_ENABLE)
+        # full fence: the store above is visible before we look at the next used descriptor again.
+        return bool(self._skipped) or _is_used(self._flags(rings, self.last_used_idx), self.used_wrap)
+
