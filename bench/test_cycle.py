@@ -17,10 +17,15 @@ for shape in ("1desc", "3desc"):
         group = pytest.mark.benchmark(group=f"cycle {shape} {features}")
         for impl in ("cython", "python"):
             for api, batch in (("percall", 1), ("batch", 32), ("batch", 256)):
-                CASES.append(pytest.param(impl, api, batch, shape, features, marks=group,
+                CASES.append(pytest.param(impl, api, batch, shape, features, "split", marks=group,
                                           id=f"{shape}-{features}-{impl}-{api}{batch if api == 'batch' else ''}"))
-        CASES.append(pytest.param("cython", "cfloor", 32, shape, features, marks=group,
+        CASES.append(pytest.param("cython", "cfloor", 32, shape, features, "split", marks=group,
                                   id=f"{shape}-{features}-cython-cfloor32"))
+    packed_group = pytest.mark.benchmark(group=f"cycle {shape} indirect+event_idx packed")
+    for impl, api, batch in (("python", "percall", 1), ("cython", "percall", 1), ("cython", "batch", 32),
+                             ("cython", "batch", 256), ("cython", "cfloor", 32)):
+        CASES.append(pytest.param(impl, api, batch, shape, "indirect+event_idx", "packed", marks=packed_group,
+                                  id=f"{shape}-packed-{impl}-{api}{batch if api != 'percall' else ''}"))
 
 DEVICE_CASES = [
     pytest.param(impl, shape, marks=pytest.mark.benchmark(group=f"device pop+push {shape}"), id=f"{shape}-{impl}")
@@ -28,9 +33,9 @@ DEVICE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("impl,api,batch,shape,features", CASES)
-def test_request_cycle(benchmark, impl, api, batch, shape, features):
-    fn, requests = make_case(impl, api, shape, features, batch)
+@pytest.mark.parametrize("impl,api,batch,shape,features,ring", CASES)
+def test_request_cycle(benchmark, impl, api, batch, shape, features, ring):
+    fn, requests = make_case(impl, api, shape, features, batch, ring)
     benchmark.extra_info["requests_per_call"] = requests
     benchmark(fn)
 

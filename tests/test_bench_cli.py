@@ -23,16 +23,17 @@ def test_bench_quick_prints_the_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     done = vring_cli("bench", "--quick", "--seconds", "0.002", "--no-two-process", "--json", str(out))
     assert done.returncode == 0, done.stderr
-    for row in ("pure Python, per call, 3desc", "Cython, batch 32, 1desc", "C floor, batch 32, 3desc"):
+    for row in ("pure Python, per call, 3desc", "Cython, batch 32, 1desc", "C floor, batch 32, 3desc",
+                "packed: Cython, batch 32, 3desc", "packed: C floor, batch 32, 1desc"):
         assert row in done.stdout
-    assert "Cython per call / pure Python per call, 3desc (speed-up)" in done.stdout
-    assert "[12/12]" in done.stderr  # progress while it runs
+    assert "split: Cython per call / pure Python per call, 3desc (speed-up)" in done.stdout
+    assert "[20/20]" in done.stderr  # progress while it runs
     figures = json.loads(out.read_text())
     assert figures["environment"]["vring"] == vring.__version__
     assert figures["environment"]["python"] and figures["environment"]["compiler"]
-    assert len(figures["results"]) == 12
+    assert len(figures["results"]) == 20
     assert all(r["ns_per_request"] > 0 and r["requests_per_s"] > 0 for r in figures["results"])
-    assert len(figures["ratios"]) == 6
+    assert len(figures["ratios"]) == 12
 
 
 def test_bench_plot_needs_matplotlib_or_writes_a_png(tmp_path):

@@ -37,6 +37,8 @@ CASES = {
     "read-only": dict(queues=1, smp=1, options="", read_only=True),
     "no-indirect": dict(queues=1, smp=1, options=",indirect_desc=off"),
     "no-event-idx": dict(queues=1, smp=1, options=",event_idx=off"),
+    "packed": dict(queues=1, smp=1, options=",packed=on"),
+    "packed-2-queues-no-indirect": dict(queues=2, smp=2, options=",packed=on,indirect_desc=off"),
 }
 
 
@@ -71,6 +73,9 @@ def test_guest_reads_and_writes_a_vring_disk(kernel: Path, tmp_path: Path, case:
     linux = negotiated[-1]
     assert bool(linux & (1 << 28)) == ("indirect_desc=off" not in params["options"])  # VIRTIO_F_INDIRECT_DESC
     assert bool(linux & (1 << 29)) == ("event_idx=off" not in params["options"])  # VIRTIO_F_EVENT_IDX
+    assert bool(linux & (1 << 34)) == ("packed=on" in params["options"])  # VIRTIO_F_RING_PACKED
+    if "packed=on" in params["options"]:
+        assert "started (packed)" in log
     assert "protocol error" not in log and "Traceback" not in log, log
 
 

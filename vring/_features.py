@@ -44,8 +44,9 @@ MAX_QUEUE_SIZE = 32768
 # Default cap on the entries of one indirect table (QEMU's VIRTQUEUE_MAX_SIZE).
 DEFAULT_MAX_INDIRECT = 1024
 
-# The features the engine implements for split rings (what `vring info` reports and devices may offer).
-ENGINE_FEATURES = Feature.VERSION_1 | Feature.INDIRECT_DESC | Feature.EVENT_IDX
+# The features the engine implements (what `vring info` reports and devices offer). IN_ORDER is understood by the
+# drivers (a packed ring's batched used descriptors) but not offered by devices, which complete out of order.
+ENGINE_FEATURES = Feature.VERSION_1 | Feature.INDIRECT_DESC | Feature.EVENT_IDX | Feature.RING_PACKED
 
 
 def need_event(event_idx: int, new_idx: int, old_idx: int) -> bool:

@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ._features import Feature
-from ._layout import SplitLayout
+from ._layout import PackedLayout, SplitLayout
 from ._version import __version__
 
 BASE = 0x4000_0000  # guest-physical base: 1 GiB, so that an address mix-up cannot pass unnoticed
@@ -66,13 +66,19 @@ class Rig:
     size: int
 
 
-def make_rig(impl: types.ModuleType, shape: str, features: int, size: int = 256) -> Rig:
+def make_rig(impl: types.ModuleType, shape: str, features: int, size: int = 256, packed: bool = False) -> Rig:
     mem = impl.GuestMemory()
     mem.add_region(BASE, np.zeros(MEM_BYTES, np.uint8))
-    layout = SplitLayout.contiguous(size, BASE)
     features = int(features) | Feature.VERSION_1
-    drv = impl.DriverQueue(mem, layout, features, indirect_area=TABLES, indirect_max=4)
-    dev = impl.DeviceQueue(mem, layout, features)
+    if packed:
+        layout = PackedLayout.contiguous(size, BASE)
+        drv = impl.PackedDriverQueue(mem, layout, features | Feature.RING_PACKED, indirect_area=TABLES,
+                                     indirect_max=4)
+        dev = impl.PackedDeviceQueue(mem, layout, features | Feature.RING_PACKED)
+    else:
+        layout = SplitLayout.contiguous(size, BASE)
+        drv = impl.DriverQueue(mem, layout, features, indirect_area=TABLES, indirect_max=4)
+        dev = impl.DeviceQueue(mem, layout, features)
     return Rig(impl, mem, drv, dev, SHAPES[shape], size)
 
 
@@ -152,8 +158,8 @@ def case_c_floor(rig: Rig, batch: int, per_call: int = 4096) -> tuple[Callable[[
 
 
 def make_case(impl_name: str, api: str, shape: str = "3desc", features: str = "indirect+event_idx",
-              batch: int = 32) -> tuple[Callable[[], None], int]:
-    rig = make_rig(twin(impl_name), shape, FEATURE_SETS[features])
+              batch: int = 32, ring: str = "split") -> tuple[Callable[[], None], int]:
+    rig = make_rig(twin(impl_name), shape, FEATURE_SETS[features], packed=ring == "packed")
     if api == "percall":
         return case_percall(rig)
     if api == "batch":
@@ -174,6 +180,7 @@ class Result:
     shape: str
     features: str
     batch: int
+    ring: str
     ns_per_request: float
     requests_per_s: float
     samples: list[float] = field(default_factory=list)
@@ -209,6 +216,7 @@ class Plan:
     shape: str
     features: str
     batch: int = 1
+    ring: str = "split"
 
 
 def default_plan(quick: bool) -> list[Plan]:
@@ -229,6 +237,14 @@ def default_plan(quick: bool) -> list[Plan]:
                 Plan(f"pure Python, device pop+push, {shape}", "python", "device", shape, feats, 32),
                 Plan(f"Cython, device pop+push, {shape}", "cython", "device", shape, feats, 32),
             ]
+    for shape in shapes:
+        feats = "indirect+event_idx"
+        plan += [
+            Plan(f"packed: pure Python, per call, {shape}", "python", "percall", shape, feats, 1, "packed"),
+            Plan(f"packed: Cython, per call, {shape}", "cython", "percall", shape, feats, 1, "packed"),
+            Plan(f"packed: Cython, batch 32, {shape}", "cython", "batch", shape, feats, 32, "packed"),
+            Plan(f"packed: C floor, batch 32, {shape}", "cython", "cfloor", shape, feats, 32, "packed"),
+        ]
     if not quick:
         for feats in ("plain", "indirect", "event_idx"):
             plan += [
@@ -244,29 +260,31 @@ def run_plan(plan: Sequence[Plan], seconds: float, repeats: int, progress: Calla
     results = []
     for i, p in enumerate(plan, 1):
         progress(f"[{i}/{len(plan)}] {p.name}")
-        fn, requests = make_case(p.impl, p.api, p.shape, p.features, p.batch)
+        fn, requests = make_case(p.impl, p.api, p.shape, p.features, p.batch, p.ring)
         samples = measure(fn, requests, seconds, repeats)
         best = min(samples)
-        results.append(Result(p.name, p.impl, p.api, p.shape, p.features, p.batch, best, 1e9 / best, samples))
+        results.append(Result(p.name, p.impl, p.api, p.shape, p.features, p.batch, p.ring, best, 1e9 / best,
+                              samples))
     return results
 
 
 def ratios(results: Sequence[Result]) -> list[tuple[str, float]]:
     """The ratios the targets speak of, from one run (same machine, same minute)."""
-    by = {(r.impl, r.api, r.shape, r.features, r.batch): r.ns_per_request for r in results}
+    by = {(r.impl, r.api, r.shape, r.features, r.batch, r.ring): r.ns_per_request for r in results}
     out = []
     feats = "indirect+event_idx"
-    for shape in ("1desc", "3desc"):
-        py = by.get(("python", "percall", shape, feats, 1))
-        cy = by.get(("cython", "percall", shape, feats, 1))
-        b32 = by.get(("cython", "batch", shape, feats, 32))
-        floor = by.get(("cython", "cfloor", shape, feats, 32))
-        if py and cy:
-            out.append((f"Cython per call / pure Python per call, {shape} (speed-up)", py / cy))
-        if py and b32:
-            out.append((f"Cython batch 32 / pure Python per call, {shape} (speed-up)", py / b32))
-        if b32 and floor:
-            out.append((f"Cython batch 32 ns / C floor ns, {shape} (overhead)", b32 / floor))
+    for ring in ("split", "packed"):
+        for shape in ("1desc", "3desc"):
+            py = by.get(("python", "percall", shape, feats, 1, ring))
+            cy = by.get(("cython", "percall", shape, feats, 1, ring))
+            b32 = by.get(("cython", "batch", shape, feats, 32, ring))
+            floor = by.get(("cython", "cfloor", shape, feats, 32, ring))
+            if py and cy:
+                out.append((f"{ring}: Cython per call / pure Python per call, {shape} (speed-up)", py / cy))
+            if py and b32:
+                out.append((f"{ring}: Cython batch 32 / pure Python per call, {shape} (speed-up)", py / b32))
+            if b32 and floor:
+                out.append((f"{ring}: Cython batch 32 ns / C floor ns, {shape} (overhead)", b32 / floor))
     return out
 
 

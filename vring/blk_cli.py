@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-size", type=int, default=128)
     parser.add_argument("--no-event-idx", action="store_true", help="do not negotiate VIRTIO_F_EVENT_IDX")
     parser.add_argument("--no-indirect", action="store_true", help="do not negotiate VIRTIO_F_INDIRECT_DESC")
+    parser.add_argument("--packed", action="store_true", help="negotiate packed rings (VIRTIO_F_RING_PACKED)")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any answer")
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("info", help="negotiated features and the config space in words")
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _client(args: argparse.Namespace) -> BlkClient:
     frontend = Frontend(args.socket, timeout=args.timeout).connect()
     return BlkClient(frontend, queues=args.queues, queue_size=args.queue_size, event_idx=not args.no_event_idx,
-                     indirect=not args.no_indirect)
+                     indirect=not args.no_indirect, packed=args.packed)
 
 
 def run(args: argparse.Namespace) -> int:

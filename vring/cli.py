@@ -17,7 +17,7 @@ def _info(_args: argparse.Namespace) -> int:
     print(f"implementation: {vring.IMPLEMENTATION}")
     print(f"python: {platform.python_implementation()} {platform.python_version()} on {platform.machine()}")
     names = [f.name for f in Feature if f & ENGINE_FEATURES and f.name]
-    print("ring layouts: split")
+    print("ring layouts: split, packed")
     print(f"engine features: {', '.join(names)} ({int(ENGINE_FEATURES):#x})")
     try:
         from vring import _cring
@@ -60,11 +60,16 @@ def _serve(args: argparse.Namespace) -> int:
         BlkDevice(args.image, read_only=args.read_only, num_queues=args.queues).close()  # fail early on a bad image
 
         def factory():
-            return BlkDevice(args.image, read_only=args.read_only, num_queues=args.queues)
+            device = BlkDevice(args.image, read_only=args.read_only, num_queues=args.queues)
+            device.offer_packed = args.packed
+            return device
     else:
         from vring.devices.rng import RngDevice
 
-        factory = RngDevice
+        def factory():
+            device = RngDevice()
+            device.offer_packed = args.packed
+            return device
     backend = VhostUserBackend(factory, args.socket)
     backend.listen()
 
@@ -103,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", required=True, help="unix socket path to listen on")
     serve.add_argument("--read-only", action="store_true", help="blk: offer VIRTIO_BLK_F_RO, refuse writes")
     serve.add_argument("--queues", type=int, default=1, help="blk: number of request queues")
+    serve.add_argument("--packed", action=argparse.BooleanOptionalAction, default=True,
+                       help="offer packed rings (on by default; the driver chooses)")
     serve.add_argument("-v", "--verbose", action="count", default=0, help="-v: negotiation, -vv: every message")
     serve.set_defaults(func=_serve)
     blk = sub.add_parser("blk", help="a virtio-blk client of any vhost-user-blk back-end")

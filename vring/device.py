@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from ._errors import VringError
-from ._features import ENGINE_FEATURES
+from ._features import ENGINE_FEATURES, Feature
 
 log = logging.getLogger("vring.device")
 
@@ -38,6 +38,7 @@ class VirtioDevice:
     device_features: int = 0  # device-type bits (below 24); the transport bits come from the engine
     num_queues: int = 1
     max_queue_size: int = 1024
+    offer_packed: bool = True  # offer VIRTIO_F_RING_PACKED (the driver still chooses)
 
     def __init__(self) -> None:
         self.config = bytearray()
@@ -47,7 +48,8 @@ class VirtioDevice:
     @property
     def features(self) -> int:
         """Everything offered to the driver: the device's bits and the ring features the engine implements."""
-        return int(self.device_features) | int(ENGINE_FEATURES)
+        features = int(self.device_features) | int(ENGINE_FEATURES)
+        return features if self.offer_packed else features & ~int(Feature.RING_PACKED)
 
     def negotiate(self, driver_features: int) -> int:
         """Accept the driver's features (only what was offered); returns what is in force."""

@@ -316,11 +316,12 @@ class BlkClient:
                 | F_WRITE_ZEROES | F_RO)
 
     def __init__(self, frontend: Any, *, queues: int = 1, queue_size: int = 128, event_idx: bool = True,
-                 indirect: bool = True) -> None:
+                 indirect: bool = True, packed: bool = False) -> None:
         from .._features import Feature
 
         self.frontend = frontend
-        wanted = self.FEATURES | (Feature.EVENT_IDX if event_idx else 0) | (Feature.INDIRECT_DESC if indirect else 0)
+        wanted = (self.FEATURES | (Feature.EVENT_IDX if event_idx else 0) | (Feature.INDIRECT_DESC if indirect else 0)
+                  | (Feature.RING_PACKED if packed else 0))
         self.features = frontend.negotiate(wanted)
         available = frontend.queue_num()
         if queues > available:

@@ -15,10 +15,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .. import DeviceQueue, GuestMemory
+from .. import DeviceQueue, GuestMemory, PackedDeviceQueue
 from .._errors import VringError
 from .._features import Feature, MAX_QUEUE_SIZE
-from .._layout import SplitLayout
+from .._layout import PackedLayout, SplitLayout
 from .._state import QueueState
 from ..device import VirtioDevice
 from .protocol import (
@@ -53,7 +53,7 @@ class Vring:
     call: int = -1
     err: int = -1
     enabled: bool = False
-    queue: DeviceQueue | None = None  # exists while the ring is started (kick received, not yet stopped)
+    queue: DeviceQueue | PackedDeviceQueue | None = None  # while the ring is started (kick received, not stopped)
     broken: bool = False
 
     def close_fds(self) -> None:
@@ -289,8 +289,10 @@ class Connection:
     def _on_set_vring_base(self, msg: Message) -> None:
         self._expect(msg, VRING_STATE.size)
         index, base = VRING_STATE.unpack(msg.payload)
-        if base > 0xFFFF:
-            raise ProtocolError(f"SET_VRING_BASE: queue {index} base {base} is not a 16-bit index")
+        # Split: the next avail index. Packed (QEMU 7.2): bits 0-14 last avail index, 15 its wrap counter,
+        # 16-30 used index, 31 its wrap counter.
+        if base > 0xFFFF and not self.features & Feature.RING_PACKED:
+            raise ProtocolError(f"SET_VRING_BASE: queue {index} base {base:#x} is not a 16-bit index")
         self._vring(msg, index).base = base
 
     def _on_get_vring_base(self, msg: Message) -> bytes:
@@ -358,26 +360,39 @@ class Connection:
             raise ProtocolError(f"{msg.name}: queue {vring.index} started before its size and addresses were set")
         desc_uva, avail_uva, used_uva = vring.addr
         num = vring.num
-        layout_gpas = (self._uva_to_gpa(msg, desc_uva, 16 * num), self._uva_to_gpa(msg, avail_uva, 6 + 2 * num),
-                       self._uva_to_gpa(msg, used_uva, 6 + 8 * num))
+        packed = bool(self.features & Feature.RING_PACKED)
+        # Packed: "avail" is the driver event area and "used" the device event area, 4 bytes each.
+        layout_gpas = (self._uva_to_gpa(msg, desc_uva, 16 * num),
+                       self._uva_to_gpa(msg, avail_uva, 4 if packed else 6 + 2 * num),
+                       self._uva_to_gpa(msg, used_uva, 4 if packed else 6 + 8 * num))
+        features = self.features & ~PROTOCOL_FEATURES_BIT
         try:
-            layout = SplitLayout(num, *layout_gpas)
-            queue = DeviceQueue(self.mem, layout, self.features & ~PROTOCOL_FEATURES_BIT)
-        except (VringError, ValueError) as exc:
+            if packed:
+                queue = PackedDeviceQueue(self.mem, PackedLayout(num, *layout_gpas), features)
+                base = vring.base
+                queue.restore(QueueState(base & 0x7FFF, (base >> 16) & 0x7FFF, (base >> 15) & 1, base >> 31))
+            else:
+                queue = DeviceQueue(self.mem, SplitLayout(num, *layout_gpas), features)
+                # The used index comes from the ring itself, as a back-end taking over a running ring must read it.
+                queue.restore(QueueState(vring.base, None))
+        except (VringError, ValueError, TypeError) as exc:
             raise ProtocolError(f"{msg.name}: queue {vring.index} cannot start: {exc}") from None
-        # The used index comes from the ring itself, as a back-end taking over a running ring must read it.
-        queue.restore(QueueState(vring.base, None))
         vring.queue = queue
         vring.broken = False
         self.selector.register(vring.kick, selectors.EVENT_READ, vring)
-        log.info("%s: queue %d started: size %d, desc %#x, avail %#x, used %#x, base %d", self.name, vring.index,
-                 num, *layout_gpas, vring.base)
+        log.info("%s: queue %d started (%s): size %d, desc %#x, avail %#x, used %#x, base %#x", self.name,
+                 vring.index, "packed" if packed else "split", num, *layout_gpas, vring.base)
         if vring.enabled:
             self._serve(vring)
 
     def _stop(self, vring: Vring) -> None:
         if vring.queue is not None:
-            vring.base = vring.queue.last_avail_idx
+            state = vring.queue.state
+            if isinstance(vring.queue, PackedDeviceQueue):  # the encoding SET_VRING_BASE takes
+                vring.base = (state.last_avail_idx | state.avail_wrap << 15 | state.used_idx << 16
+                              | state.used_wrap << 31)
+            else:
+                vring.base = state.last_avail_idx
             vring.queue = None
         self._unwatch(vring)
 

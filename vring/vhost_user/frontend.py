@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from .. import DriverQueue, GuestMemory
+from .. import DriverQueue, GuestMemory, PackedDriverQueue
 from .._features import Feature
-from .._layout import SplitLayout
+from .._layout import PackedLayout, SplitLayout
 from .protocol import (
     CONFIG_HEAD, FLAG_NEED_REPLY, FLAG_REPLY, MEM_REGION, MEM_TABLE_HEAD, REPLYING, U64, VERSION, VRING_ADDR,
     VRING_STATE, ProtocolError, ProtocolFeature, Request, recv_message, send_message,
@@ -41,11 +41,11 @@ class BackendError(Exception):
 @dataclass
 class FrontQueue:
     index: int
-    driver: DriverQueue
+    driver: DriverQueue | PackedDriverQueue
     kick: int
     call: int
     err: int
-    layout: SplitLayout
+    layout: SplitLayout | PackedLayout
 
 
 class Allocator:
@@ -217,18 +217,26 @@ class Frontend:
         self.share_memory()
         ring_features = self.features & ~Feature.VHOST_USER_PROTOCOL_FEATURES
         indirect_max = driver_kwargs.pop("indirect_max", 16)
+        packed = bool(ring_features & Feature.RING_PACKED)
         for index in range(count):
-            base = self.allocator.alloc(SplitLayout.contiguous_bytes(size, PAGE), PAGE)
-            layout = SplitLayout.contiguous(size, base, PAGE)
             tables = self.allocator.alloc(DriverQueue.indirect_area_bytes(size, indirect_max), PAGE)
-            driver = DriverQueue(self.mem, layout, ring_features, indirect_area=tables, indirect_max=indirect_max,
-                                 **driver_kwargs)
+            if packed:
+                layout = PackedLayout.contiguous(size, self.allocator.alloc(PackedLayout.contiguous_bytes(size), PAGE))
+                driver = PackedDriverQueue(self.mem, layout, ring_features, indirect_area=tables,
+                                           indirect_max=indirect_max, **driver_kwargs)
+                areas = (layout.desc, layout.device_event, layout.driver_event)  # desc, "used", "avail"
+                base = 1 << 15 | 1 << 31  # avail and used index 0, both wrap counters 1 (QEMU's encoding)
+            else:
+                layout = SplitLayout.contiguous(size, self.allocator.alloc(SplitLayout.contiguous_bytes(size, PAGE),
+                                                                           PAGE), PAGE)
+                driver = DriverQueue(self.mem, layout, ring_features, indirect_area=tables,
+                                     indirect_max=indirect_max, **driver_kwargs)
+                areas = (layout.desc, layout.used, layout.avail)
+                base = 0
             kick, call, err = (os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(3))
             self.request(Request.SET_VRING_NUM, VRING_STATE.pack(index, size))
-            self.request(Request.SET_VRING_BASE, VRING_STATE.pack(index, 0))
-            self.request(Request.SET_VRING_ADDR, VRING_ADDR.pack(index, 0, self.uva_of(layout.desc),
-                                                                 self.uva_of(layout.used), self.uva_of(layout.avail),
-                                                                 0))
+            self.request(Request.SET_VRING_BASE, VRING_STATE.pack(index, base))
+            self.request(Request.SET_VRING_ADDR, VRING_ADDR.pack(index, 0, *(self.uva_of(a) for a in areas), 0))
             self.request(Request.SET_VRING_CALL, U64.pack(index), [call])
             self.request(Request.SET_VRING_ERR, U64.pack(index), [err])
             self.request(Request.SET_VRING_KICK, U64.pack(index), [kick])
