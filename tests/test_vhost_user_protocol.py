@@ -223,3 +223,34 @@ def test_legacy_driver_without_version_1_is_served(server):
     assert len(reply) == HEADER.size + 8  # the connection is up and answering
     assert log_has(sock, "did not accept VERSION_1: serving it as a legacy little-endian driver")
     s.close()
+
+
+def test_every_handler_answers_as_the_protocol_says(server):
+    """The messages a BlkClient session does not send, each with its answer checked."""
+    from vring.vhost_user.frontend import GPA_BASE
+    from vring.vhost_user.protocol import ProtocolFeature
+
+    sock, image, _ = server
+    front = Frontend(str(sock)).connect()
+    front.negotiate(0)
+    assert front.protocol_features & ProtocolFeature.REPLY_ACK  # so every request below is acknowledged
+    assert front.queue_num() == 2
+    assert front._u64(Request.GET_MAX_MEM_SLOTS) >= 8
+    region = MEM_REGION.pack(GPA_BASE, front.mem_size, front.uva, 0)
+    front.request(Request.SET_MEM_TABLE, MEM_TABLE_HEAD.pack(1, 0) + region, [front.memfd])
+    front.request(Request.REM_MEM_REG, bytes(8) + region)  # the table's one region, removed again
+    with pytest.raises(BackendError):
+        front.request(Request.REM_MEM_REG, bytes(8) + region)  # not there any more: the connection closes
+    front.close()
+
+    front = Frontend(str(sock)).connect()
+    client = BlkClient(front, queues=2)
+    assert client.read(1, 1) == image.read_bytes()[512:1024]
+    front.request(Request.SET_VRING_ENABLE, VRING_STATE.pack(0, 0))  # disabled rings are not served
+    front.request(Request.SET_VRING_ENABLE, VRING_STATE.pack(0, 1))
+    assert client.read(2, 1) == image.read_bytes()[1024:1536]
+    assert front.stop_queue(0) == 2 and front.stop_queue(1) == 0
+    front.request(Request.RESET_OWNER)
+    front.request(Request.RESET_DEVICE)
+    front.request(Request.SET_FEATURES, U64.pack(front.features))  # a reset device negotiates again
+    front.close()
