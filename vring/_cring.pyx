@@ -1083,14 +1083,20 @@ cdef class DeviceQueue:
 
     def push(self, head, written=0):
         """Return the chain at ``head`` to the driver with ``written`` bytes written into its writable part."""
+        cdef long long h, w
         self._check()
-        head = int(head)
-        written = int(written)
-        if not 0 <= head < self.q.size or not self.q.inflight[head]:
+        try:
+            h = head
+            w = written
+        except (OverflowError, TypeError):
+            head, written = int(head), int(written)  # huge, negative or not an int: the checks below word it
+            h = head if -1 <= head < 1 << 62 else -1
+            w = written if -1 <= written < 1 << 62 else -1
+        if h < 0 or h >= self.q.size or not self.q.inflight[h]:
             self._push_error(1, head, written)
-        if not 0 <= written <= self.q.inflight_wlen[head]:
+        if w < 0 or w > self.q.inflight_wlen[h]:
             self._push_error(2, head, written)
-        dev_put_used(&self.q, head, written)
+        dev_put_used(&self.q, <uint16_t>h, <uint32_t>w)
         dev_publish(&self.q)
 
     def push_many(self, heads, lens):
@@ -1595,6 +1601,25 @@ cdef inline bint _is_out_array(obj, int typenum):
             and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>obj))
 
 
+cdef uint32_t _parse_buffers(seq, uint8_t writable, uint64_t *addrs, long long *lens, uint8_t *wr,
+                             uint32_t k) except? 0xFFFFFFFF:
+    """(address, length) pairs into the C arrays from slot k; returns the next slot. Values no C type holds get
+    the same errors the pure-Python twin raises for them."""
+    for item in seq:
+        addr, length = item
+        try:
+            addrs[k] = addr
+        except (OverflowError, TypeError):
+            raise AddressError(f"buffer {int(addr):#x} (+{int(length)}) is outside guest memory") from None
+        try:
+            lens[k] = length
+        except (OverflowError, TypeError):
+            raise ValueError(f"buffer length {int(length)} is not between 1 and 2**32 - 1") from None
+        wr[k] = writable
+        k += 1
+    return k
+
+
 cdef class DriverQueue:
     """The driver's end of a split virtqueue (what a guest kernel does). Trusts nothing the device writes."""
 
@@ -1790,37 +1815,27 @@ cdef class DriverQueue:
         cdef uint64_t *addrs = addrs_s
         cdef long long *lens = lens_s
         cdef uint8_t *wr = wr_s
-        cdef uint32_t k = 0, bad = 0, nseg
+        cdef unsigned char *block = NULL
+        cdef uint32_t k, bad = 0, nseg
         cdef uint16_t head = 0
         cdef int code
         self._check()
         nseg = len(out) + len(in_)
         if nseg > 8:
-            addrs = <uint64_t *>malloc(nseg * sizeof(uint64_t))
-            lens = <long long *>malloc(nseg * sizeof(long long))
-            wr = <uint8_t *>malloc(nseg)
-            if addrs == NULL or lens == NULL or wr == NULL:
-                free(addrs) if addrs != addrs_s else None
+            block = <unsigned char *>malloc(nseg * (sizeof(uint64_t) + sizeof(long long) + 1))
+            if block == NULL:
                 raise MemoryError()
+            addrs = <uint64_t *>block
+            lens = <long long *>(block + nseg * sizeof(uint64_t))
+            wr = block + nseg * (sizeof(uint64_t) + sizeof(long long))
         try:
-            for seq, writable in ((out, 0), (in_, 1)):
-                for addr, length in seq:
-                    length = int(length)
-                    addr = int(addr)
-                    if not 0 <= addr <= 0xFFFFFFFFFFFFFFFF:
-                        raise AddressError(f"buffer {addr:#x} (+{length}) is outside guest memory")
-                    addrs[k] = addr
-                    lens[k] = length if -1 <= length <= 0x7FFFFFFFFFFFFFFF else -1
-                    wr[k] = writable
-                    k += 1
+            k = _parse_buffers(out, 0, addrs, lens, wr, 0)
+            _parse_buffers(in_, 1, addrs, lens, wr, k)
             code = drv_add(&self.q, &self.mem.map, addrs, lens, wr, nseg, &head, &bad)
             if code:
                 self._add_error(code, bad, addrs, lens, nseg)
         finally:
-            if addrs != addrs_s:
-                free(addrs)
-                free(lens)
-                free(wr)
+            free(block)
         if token is not None:
             self._tokens[head] = token
             self._has_token[head] = 1
