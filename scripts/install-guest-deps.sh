@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# What the guest integration tests (tests/guest.py) need from Debian: QEMU to boot a guest without KVM,
-# a stock kernel with its virtio modules, and a static busybox as the guest's whole userland.
+# What the integration tests need from Debian: QEMU to boot a guest without KVM (tests/guest.py) and its
+# storage daemon, a stock kernel with its virtio modules, a static busybox as the guest's whole userland, and
+# DPDK's testpmd as a vhost-user-net back-end (tests/test_dpdk.py).
 # Installs only what is missing, so a second run does nothing; works as root or through sudo, with no stdin.
 set -euo pipefail
 
-packages=(qemu-system-x86 qemu-system-common qemu-utils linux-image-amd64 busybox-static)
+packages=(qemu-system-x86 qemu-system-common qemu-utils linux-image-amd64 busybox-static
+          dpdk-dev librte-net-vhost23 librte-mempool-ring23)
 
 missing=()
 for pkg in "${packages[@]}"; do

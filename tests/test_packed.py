@@ -268,7 +268,7 @@ def test_malformed_used_descriptors(twin, case, reason):
         p.drv.add([(DATA, 8)], [(DATA + 8, 8)])
     ident, length = {"id-range": (9, 0), "not-in-flight": (3, 0), "too-long": (0, 9),
                      "nothing-in-flight": (0, 0)}[case]
-    write_desc(p, 0, 0, length, ident, AVAIL | USED)
+    write_desc(p, 0, 0, length, ident, AVAIL | USED | WRITE)
     with pytest.raises(MalformedUsed) as info:
         p.drv.pop_used()
     assert info.value.reason == reason and p.drv.broken
@@ -288,6 +288,14 @@ def test_packed_layout_rules():
         PackedLayout(4, 0x1000, 0x2002, 0x2008)
     with pytest.raises(LayoutError):
         PackedLayout(4, 0x1000, 0x1020, 0x2000)  # driver event inside the ring
+
+
+def test_length_of_a_used_descriptor_without_write_is_ignored(twin):
+    """Spec 2.8.4 (DPDK's vhost back-end writes a length on transmit buffers without setting WRITE)."""
+    p = packed(twin, 4)
+    p.drv.add([(DATA, 100)], token="tx")
+    write_desc(p, 0, 0, 72, 0, AVAIL | USED)
+    assert p.drv.pop_used() == [("tx", 0)]
 
 
 def test_two_laps_of_numpy_batches_through_add_many(twin):

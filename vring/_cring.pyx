@@ -1390,9 +1390,10 @@ cdef inline int pk_drv_reap_one(SplitDrv *q, uint16_t *head, uint32_t *written, 
         if not pk_is_used(pk_flags(q.desc, q.last_used), q.used_wrap):
             return 0
         vring_load_desc_once(words, <unsigned char *>q.desc + 16 * q.last_used)  # the used descriptor, once
-        length = <uint32_t>words[1]
         buffer_id = <uint16_t>(words[1] >> 32)
         flags = <uint16_t>(words[1] >> 48)
+        # Spec 2.8.4: the length of a used descriptor without WRITE is reserved and ignored by drivers.
+        length = <uint32_t>words[1] if flags & DESC_F_WRITE else 0
         if not q.slots_in_flight:
             a[0] = flags
             return -U_WRAP

@@ -37,8 +37,12 @@ from .split import _U32_MAX, Chain, DeviceQueue, DriverQueue, _Rings
 _PDESC = struct.Struct("<QIHH")  # struct pvirtq_desc {le64 addr; le32 len; le16 id; le16 flags;}
 _PDESC_BODY = struct.Struct("<QIH")  # the same without its flags, for writing a head before publishing it
 _ID_LEN = struct.Struct("<IH")  # len and id of a used descriptor (offsets 8 to 13)
-_U16 = struct.Struct("<H")
-_EVENT = struct.Struct("<HH")  # struct pvirtq_event_suppress {le16 off_wrap; le16 flags;}
+
+
+def _set_event(event16: memoryview, off_wrap: int, flags: int) -> None:
+    """struct pvirtq_event_suppress {le16 off_wrap; le16 flags;}: the offset first, then the flags that use it."""
+    event16[0] = off_wrap
+    event16[1] = flags
 
 
 def _avail_bits(wrap: int) -> int:
@@ -120,7 +124,7 @@ class PackedDeviceQueue(DeviceQueue):
 
     @staticmethod
     def _flags(rings: _Rings, pos: int) -> int:
-        return _U16.unpack_from(rings.desc, DESC_SIZE * pos + 14)[0]  # desc[pos].flags
+        return rings.desc16[8 * pos + 7]  # desc[pos].flags
 
     def _peek(self, rings: _Rings) -> Chain | None:
         size = self.size
@@ -219,14 +223,14 @@ class PackedDeviceQueue(DeviceQueue):
     def _after_pop(self, rings: _Rings) -> None:
         # With EVENT_IDX, ask for a kick once the driver passes what we consumed (as the split ring does).
         if self._event_idx and self._notify_enabled:
-            _EVENT.pack_into(rings.used, 0, self.last_avail_idx | self.avail_wrap << 15, EVENT_FLAG_DESC)
+            _set_event(rings.used16, self.last_avail_idx | self.avail_wrap << 15, EVENT_FLAG_DESC)
 
     def _put_used(self, rings: _Rings, head: int, written: int) -> None:
         # The used descriptor: id and len first, then flags (AVAIL = USED = our wrap counter), release.
         pos = self.used_idx
         flags = (PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED if self.used_wrap else 0) | (DESC_F_WRITE if written else 0)
         _ID_LEN.pack_into(rings.desc, DESC_SIZE * pos + 8, written, head)
-        _U16.pack_into(rings.desc, DESC_SIZE * pos + 14, flags)  # desc[pos].flags, release
+        rings.desc16[8 * pos + 7] = flags  # desc[pos].flags, release
         self._inflight[head] = 0
         pos += self._ndesc[head]
         if pos >= self.size:
@@ -247,7 +251,7 @@ class PackedDeviceQueue(DeviceQueue):
         self._signalled_valid = True
         if valid and not pushed:
             return False
-        event = _EVENT.unpack_from(rings.avail, 0)  # driver event suppression
+        event = (rings.avail16[0], rings.avail16[1])  # driver event suppression
         wants = _event_wants(event, self._event_idx, self.size, self.used_wrap, new, new - pushed)
         return wants or (not valid and event[1] != EVENT_FLAG_DISABLE)
 
@@ -255,16 +259,16 @@ class PackedDeviceQueue(DeviceQueue):
         rings = self._check()
         self._notify_enabled = True
         if self._event_idx:
-            _EVENT.pack_into(rings.used, 0, self.last_avail_idx | self.avail_wrap << 15, EVENT_FLAG_DESC)
+            _set_event(rings.used16, self.last_avail_idx | self.avail_wrap << 15, EVENT_FLAG_DESC)
         else:
-            _EVENT.pack_into(rings.used, 0, 0, EVENT_FLAG_ENABLE)
+            _set_event(rings.used16, 0, EVENT_FLAG_ENABLE)
         # full fence: the store above is visible before we look at the next descriptor again.
         return _is_avail(self._flags(rings, self.last_avail_idx), self.avail_wrap)
 
     def disable_notifications(self) -> None:
         rings = self._check()
         self._notify_enabled = False
-        _EVENT.pack_into(rings.used, 0, 0, EVENT_FLAG_DISABLE)
+        _set_event(rings.used16, 0, EVENT_FLAG_DISABLE)
 
 
 class PackedDriverQueue(DriverQueue):
@@ -335,7 +339,7 @@ class PackedDriverQueue(DriverQueue):
         addr, length, _, flags = head
         _PDESC_BODY.pack_into(rings.desc, DESC_SIZE * head_pos, addr, length, buffer_id)
         # desc[head].flags last, release: this makes the whole chain available.
-        _U16.pack_into(rings.desc, DESC_SIZE * head_pos + 14, flags | _avail_bits(head_wrap))
+        rings.desc16[8 * head_pos + 7] = flags | _avail_bits(head_wrap)
         pos = head_pos + needed
         if pos >= self.size:
             pos -= self.size
@@ -357,7 +361,7 @@ class PackedDriverQueue(DriverQueue):
         if not added:
             return False
         # full fence: our descriptors are visible before we read the device's event suppression.
-        event = _EVENT.unpack_from(rings.used, 0)  # device event suppression
+        event = (rings.used16[0], rings.used16[1])  # device event suppression
         new = self.avail_idx
         return _event_wants(event, self._event_idx, self.size, self.avail_wrap, new, new - added)
 
@@ -369,6 +373,8 @@ class PackedDriverQueue(DriverQueue):
         if not _is_used(self._flags(rings, pos), self.used_wrap):
             return None
         _addr, written, buffer_id, flags = _PDESC.unpack_from(rings.desc, DESC_SIZE * pos)  # once
+        if not flags & DESC_F_WRITE:
+            written = 0  # spec 2.8.4: the length of a used descriptor without WRITE is reserved, ignored
         if not self._slots_in_flight:
             raise self._fail(used_error("used-wrap", pos, flags))
         if buffer_id >= self.size:
@@ -407,20 +413,20 @@ class PackedDriverQueue(DriverQueue):
 
     def _after_reap(self, rings: _Rings) -> None:
         if self._event_idx and self._interrupts_enabled:
-            _EVENT.pack_into(rings.avail, 0, self.last_used_idx | self.used_wrap << 15, EVENT_FLAG_DESC)
+            _set_event(rings.avail16, self.last_used_idx | self.used_wrap << 15, EVENT_FLAG_DESC)
 
     def disable_interrupts(self) -> None:
         rings = self._check()
         self._interrupts_enabled = False
-        _EVENT.pack_into(rings.avail, 0, 0, EVENT_FLAG_DISABLE)
+        _set_event(rings.avail16, 0, EVENT_FLAG_DISABLE)
 
     def enable_interrupts(self) -> bool:
         rings = self._check()
         self._interrupts_enabled = True
         if self._event_idx:
-            _EVENT.pack_into(rings.avail, 0, self.last_used_idx | self.used_wrap << 15, EVENT_FLAG_DESC)
+            _set_event(rings.avail16, self.last_used_idx | self.used_wrap << 15, EVENT_FLAG_DESC)
         else:
-            _EVENT.pack_into(rings.avail, 0, 0, EVENT_FLAG_ENABLE)
+            _set_event(rings.avail16, 0, EVENT_FLAG_ENABLE)
         # full fence: the store above is visible before we look at the next used descriptor again.
         return bool(self._skipped) or _is_used(self._flags(rings, self.last_used_idx), self.used_wrap)
 

@@ -39,7 +39,6 @@ from .batch import Batch
 from .memory import GuestMemory
 
 _DESC = struct.Struct("<QIHH")  # struct virtq_desc {le64 addr; le32 len; le16 flags; le16 next;}
-_U16 = struct.Struct("<H")
 _ELEM = struct.Struct("<II")  # struct virtq_used_elem {le32 id; le32 len;}
 _U32_MAX = 0xFFFFFFFF
 
@@ -49,9 +48,15 @@ def _as_list(values: Any) -> list[int]:
 
 
 class _Rings:
-    """Views of one queue's three areas, translated again whenever guest memory changes."""
+    """Views of one queue's three areas, translated again whenever guest memory changes.
 
-    __slots__ = ("desc", "avail", "used", "generation")
+    The ``*16`` views read and write the 16-bit fields the other side polls (indices, flags, event fields) with
+    one native load or store each: ``struct.pack_into`` zeroes its destination and then writes it byte by byte,
+    and a peer on another CPU can catch the index half-written (seen with DPDK). Native means little-endian here,
+    as for the C twin.
+    """
+
+    __slots__ = ("desc", "avail", "used", "desc16", "avail16", "used16", "generation")
 
     def __init__(self, mem: GuestMemory, layout: Any) -> None:
         # Split: descriptor table, avail ring, used ring. Packed: descriptor ring, driver and device event areas.
@@ -59,6 +64,9 @@ class _Rings:
         self.desc = mem.view(desc, ndesc)
         self.avail = mem.view(avail, navail)
         self.used = mem.view(used, nused)
+        self.desc16 = self.desc.cast("H")
+        self.avail16 = self.avail.cast("H")
+        self.used16 = self.used.cast("H")
         self.generation = mem.generation
 
 
@@ -195,7 +203,7 @@ class DeviceQueue(_Queue):
         self.last_avail_idx = int(state.last_avail_idx) & 0xFFFF
         self._avail_shadow = self.last_avail_idx
         if state.used_idx is None:
-            self.used_idx = _U16.unpack_from(rings.used, 2)[0]  # used->idx
+            self.used_idx = rings.used16[1]  # used->idx
         else:
             self.used_idx = int(state.used_idx) & 0xFFFF
 
@@ -205,7 +213,7 @@ class DeviceQueue(_Queue):
         if self.broken:
             return 0
         rings = self._bind()
-        return (_U16.unpack_from(rings.avail, 2)[0] - self.last_avail_idx) & 0xFFFF  # avail->idx (acquire)
+        return (rings.avail16[1] - self.last_avail_idx) & 0xFFFF  # avail->idx (acquire)
 
     def pop(self) -> Chain | None:
         """The next available chain, or None. Raises MalformedChain (and latches broken) on bad driver input."""
@@ -232,7 +240,7 @@ class DeviceQueue(_Queue):
         # With EVENT_IDX, ask for a kick once the driver passes what we consumed (as QEMU's virtqueue_pop does),
         # unless the device disabled notifications to poll.
         if self._event_idx and self._notify_enabled:
-            _U16.pack_into(rings.used, 4 + 8 * self.size, self.last_avail_idx)  # used->avail_event
+            rings.used16[2 + 4 * self.size] = self.last_avail_idx  # used->avail_event
 
     def _pop_one(self, rings: _Rings) -> Chain | None:
         chain = self._peek(rings)
@@ -250,13 +258,13 @@ class DeviceQueue(_Queue):
         size = self.size
         if self._avail_shadow == self.last_avail_idx:
             # Everything seen so far is consumed: look at the index again (acquire: ring entries after it).
-            avail_idx = _U16.unpack_from(rings.avail, 2)[0]  # avail->idx
+            avail_idx = rings.avail16[1]  # avail->idx
             if avail_idx == self.last_avail_idx:
                 return None
             if (avail_idx - self.last_avail_idx) & 0xFFFF > size:
                 raise self._fail(chain_error("avail-index-jump", 0, 0, False, avail_idx, self.last_avail_idx))
             self._avail_shadow = avail_idx
-        head = _U16.unpack_from(rings.avail, 4 + 2 * (self.last_avail_idx & (size - 1)))[0]  # avail->ring[]
+        head = rings.avail16[2 + (self.last_avail_idx & (size - 1))]  # avail->ring[]
         if head >= size:
             raise self._fail(chain_error("head-out-of-range", head, 0, False, size))
         if self._inflight[head]:
@@ -412,7 +420,7 @@ class DeviceQueue(_Queue):
             self._publish_used(rings)
 
     def _publish_used(self, rings: _Rings) -> None:
-        _U16.pack_into(rings.used, 2, self.used_idx)  # used->idx, release: the elements are visible first
+        rings.used16[1] = self.used_idx  # used->idx, release: the elements are visible first
 
     def push_batch(self, batch: Batch, count: int | None = None) -> None:
         """Return the first ``count`` (default ``batch.count``) chains of ``batch`` with ``batch.lens`` bytes
@@ -435,21 +443,21 @@ class DeviceQueue(_Queue):
         if valid and new == old:
             return False
         if self._event_idx:
-            used_event = _U16.unpack_from(rings.avail, 4 + 2 * self.size)[0]  # avail->used_event
+            used_event = rings.avail16[2 + self.size]  # avail->used_event
             return not valid or need_event(used_event, new, old)
-        return not _U16.unpack_from(rings.avail, 0)[0] & AVAIL_F_NO_INTERRUPT  # avail->flags
+        return not rings.avail16[0] & AVAIL_F_NO_INTERRUPT  # avail->flags
 
     def enable_notifications(self) -> bool:
         """Ask the driver to kick again; returns True if chains are already available (handle them first)."""
         rings = self._check()
         self._notify_enabled = True
         if self._event_idx:
-            _U16.pack_into(rings.used, 4 + 8 * self.size, self.last_avail_idx)  # used->avail_event
+            rings.used16[2 + 4 * self.size] = self.last_avail_idx  # used->avail_event
         else:
             self._used_flags &= ~USED_F_NO_NOTIFY
-            _U16.pack_into(rings.used, 0, self._used_flags)  # used->flags
+            rings.used16[0] = self._used_flags  # used->flags
         # full fence: the store above is visible before we look at avail->idx again.
-        return _U16.unpack_from(rings.avail, 2)[0] != self.last_avail_idx  # avail->idx
+        return rings.avail16[1] != self.last_avail_idx  # avail->idx
 
     def disable_notifications(self) -> None:
         """Tell the driver kicks are not needed (the device polls); with EVENT_IDX avail_event just stops moving."""
@@ -457,7 +465,7 @@ class DeviceQueue(_Queue):
         self._notify_enabled = False
         if not self._event_idx:
             self._used_flags |= USED_F_NO_NOTIFY
-            _U16.pack_into(rings.used, 0, self._used_flags)  # used->flags
+            rings.used16[0] = self._used_flags  # used->flags
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -655,7 +663,7 @@ class DriverQueue(_Queue):
         self._wlen[head] = wlen
         self._inflight[head] = 1
         # avail->ring[avail_idx % size] = head; published with the index by kick_needed.
-        _U16.pack_into(rings.avail, 4 + 2 * (self.avail_idx & (self.size - 1)), head)
+        rings.avail16[2 + (self.avail_idx & (self.size - 1))] = head
         self.avail_idx = (self.avail_idx + 1) & 0xFFFF
         return head
 
@@ -667,20 +675,20 @@ class DriverQueue(_Queue):
         old = self._published
         if new == old:
             return False
-        _U16.pack_into(rings.avail, 2, new)  # avail->idx, release: descriptors and ring entries visible first
+        rings.avail16[1] = new  # avail->idx, release: descriptors and ring entries visible first
         self._published = new
         # full fence: the index store is visible before we read the device's avail_event / flags.
         if self._event_idx:
-            avail_event = _U16.unpack_from(rings.used, 4 + 8 * self.size)[0]  # used->avail_event
+            avail_event = rings.used16[2 + 4 * self.size]  # used->avail_event
             return need_event(avail_event, new, old)
-        return not _U16.unpack_from(rings.used, 0)[0] & USED_F_NO_NOTIFY  # used->flags
+        return not rings.used16[0] & USED_F_NO_NOTIFY  # used->flags
 
     # -- reaping -------------------------------------------------------------------------------------------
     def _reap_one(self, rings: _Rings) -> tuple[int, int] | None:
         last = self.last_used_idx
         if self._used_shadow == last:
             # Everything seen so far is reaped: look at the index again (acquire: elements after it).
-            used_idx = _U16.unpack_from(rings.used, 2)[0]  # used->idx
+            used_idx = rings.used16[1]  # used->idx
             if used_idx == last:
                 return None
             outstanding = (self._published - last) & 0xFFFF
@@ -709,7 +717,7 @@ class DriverQueue(_Queue):
 
     def _after_reap(self, rings: _Rings) -> None:
         if self._event_idx and self._interrupts_enabled:
-            _U16.pack_into(rings.avail, 4 + 2 * self.size, self.last_used_idx)  # avail->used_event
+            rings.avail16[2 + self.size] = self.last_used_idx  # avail->used_event
 
     def get_used(self) -> tuple[Any, int] | None:
         """The next (token, written length) the device returned, or None."""
@@ -763,22 +771,22 @@ class DriverQueue(_Queue):
         self._interrupts_enabled = False
         if self._event_idx:
             # used_event one behind what we have seen: the device's used index will not cross it again soon.
-            _U16.pack_into(rings.avail, 4 + 2 * self.size, (self.last_used_idx - 1) & 0xFFFF)  # avail->used_event
+            rings.avail16[2 + self.size] = (self.last_used_idx - 1) & 0xFFFF  # avail->used_event
         else:
             self._avail_flags |= AVAIL_F_NO_INTERRUPT
-            _U16.pack_into(rings.avail, 0, self._avail_flags)  # avail->flags
+            rings.avail16[0] = self._avail_flags  # avail->flags
 
     def enable_interrupts(self) -> bool:
         """Ask for an interrupt on the next used buffer; True if some are already there (reap before sleeping)."""
         rings = self._check()
         self._interrupts_enabled = True
         if self._event_idx:
-            _U16.pack_into(rings.avail, 4 + 2 * self.size, self.last_used_idx)  # avail->used_event
+            rings.avail16[2 + self.size] = self.last_used_idx  # avail->used_event
         else:
             self._avail_flags &= ~AVAIL_F_NO_INTERRUPT
-            _U16.pack_into(rings.avail, 0, self._avail_flags)  # avail->flags
+            rings.avail16[0] = self._avail_flags  # avail->flags
         # full fence: the store above is visible before we read used->idx again.
-        return _U16.unpack_from(rings.used, 2)[0] != self.last_used_idx  # used->idx
+        return rings.used16[1] != self.last_used_idx  # used->idx
 
     @property
     def in_flight(self) -> int:
