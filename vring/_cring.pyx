@@ -403,23 +403,10 @@ cdef class Batch:
     """
 
     def __init__(self, capacity, max_segments=None):
-        if capacity < 1:
-            raise ValueError("a batch holds at least one chain")
-        max_segments = 4 * capacity if max_segments is None else max_segments
-        if max_segments < 1:
-            raise ValueError("a batch holds at least one segment")
-        self.capacity = capacity
-        self.max_segments = max_segments
+        self.capacity, self.max_segments, arrays = _pybatch.batch_arrays(capacity, max_segments)
         self.count = 0
-        self.heads = np.zeros(capacity, np.uint16)
-        self.lens = np.zeros(capacity, np.uint32)
-        self.nsegs = np.zeros(capacity, np.uint32)
-        self.seg_start = np.zeros(capacity + 1, np.uint32)
-        self.readable_len = np.zeros(capacity, np.uint32)
-        self.writable_len = np.zeros(capacity, np.uint32)
-        self.seg_addr = np.zeros(max_segments, np.uint64)
-        self.seg_len = np.zeros(max_segments, np.uint32)
-        self.seg_writable = np.zeros(max_segments, np.uint8)
+        (self.heads, self.lens, self.nsegs, self.seg_start, self.readable_len, self.writable_len, self.seg_addr,
+         self.seg_len, self.seg_writable) = arrays
         self.heads_p = <uint16_t *>cnp.PyArray_DATA(self.heads)
         self.lens_p = <uint32_t *>cnp.PyArray_DATA(self.lens)
         self.nsegs_p = <uint32_t *>cnp.PyArray_DATA(self.nsegs)

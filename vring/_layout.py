@@ -20,6 +20,19 @@ def _align_up(value: int, align: int) -> int:
     return (value + align - 1) & ~(align - 1)
 
 
+def _check_areas(areas: tuple[tuple[str, int, int, int], ...]) -> None:
+    """(name, guest-physical address, alignment, length) of each area: in range, aligned, not overlapping."""
+    for name, addr, align, length in areas:
+        if not isinstance(addr, int) or addr < 0 or addr + length - 1 > _U64:
+            raise LayoutError(f"{name} address {addr!r} is not a 64-bit guest-physical address", "ring-address")
+        if addr % align:
+            raise LayoutError(f"{name} at {addr:#x} is not {align}-byte aligned", "ring-alignment")
+    spans = sorted((addr, length) for _, addr, _, length in areas)
+    for (a0, n0), (a1, _n1) in zip(spans, spans[1:]):
+        if a0 + n0 > a1:
+            raise LayoutError("the ring areas overlap", "ring-overlap")
+
+
 @dataclass(frozen=True)
 class SplitLayout:
     """Guest-physical addresses of the descriptor table, the avail ring and the used ring of one queue.
@@ -34,19 +47,8 @@ class SplitLayout:
 
     def __post_init__(self) -> None:
         check_queue_size(self.size)
-        for name, addr, align, length in (
-            ("descriptor table", self.desc, 16, self.desc_bytes),
-            ("avail ring", self.avail, 2, self.avail_bytes),
-            ("used ring", self.used, 4, self.used_bytes),
-        ):
-            if not isinstance(addr, int) or addr < 0 or addr + length - 1 > _U64:
-                raise LayoutError(f"{name} address {addr!r} is not a 64-bit guest-physical address", "ring-address")
-            if addr % align:
-                raise LayoutError(f"{name} at {addr:#x} is not {align}-byte aligned", "ring-alignment")
-        areas = sorted(self.areas())
-        for (a0, n0), (a1, _n1) in zip(areas, areas[1:]):
-            if a0 + n0 > a1:
-                raise LayoutError("the ring areas overlap", "ring-overlap")
+        _check_areas((("descriptor table", self.desc, 16, self.desc_bytes), ("avail ring", self.avail, 2,
+                      self.avail_bytes), ("used ring", self.used, 4, self.used_bytes)))
 
     # Sizes from the spec's struct definitions; the trailing u16 is used_event / avail_event (EVENT_IDX).
     @property
@@ -95,19 +97,8 @@ class PackedLayout:
     def __post_init__(self) -> None:
         if not isinstance(self.size, int) or not 1 <= self.size <= MAX_QUEUE_SIZE:
             raise LayoutError(f"packed queue size {self.size!r} is not between 1 and {MAX_QUEUE_SIZE}", "queue-size")
-        for name, addr, align, length in (
-            ("descriptor ring", self.desc, 16, self.desc_bytes),
-            ("driver event area", self.driver_event, 4, 4),
-            ("device event area", self.device_event, 4, 4),
-        ):
-            if not isinstance(addr, int) or addr < 0 or addr + length - 1 > _U64:
-                raise LayoutError(f"{name} address {addr!r} is not a 64-bit guest-physical address", "ring-address")
-            if addr % align:
-                raise LayoutError(f"{name} at {addr:#x} is not {align}-byte aligned", "ring-alignment")
-        areas = sorted(self.areas())
-        for (a0, n0), (a1, _n1) in zip(areas, areas[1:]):
-            if a0 + n0 > a1:
-                raise LayoutError("the ring areas overlap", "ring-overlap")
+        _check_areas((("descriptor ring", self.desc, 16, self.desc_bytes), ("driver event area",
+                      self.driver_event, 4, 4), ("device event area", self.device_event, 4, 4)))
 
     @property
     def desc_bytes(self) -> int:

@@ -5,6 +5,19 @@ from __future__ import annotations
 import numpy as np
 
 
+def batch_arrays(capacity: int, max_segments: int | None) -> tuple[int, int, tuple[np.ndarray, ...]]:
+    """(capacity, max_segments, the arrays) of a Batch, in the order of Batch's attributes (both twins)."""
+    if capacity < 1:
+        raise ValueError("a batch holds at least one chain")
+    max_segments = 4 * capacity if max_segments is None else max_segments
+    if max_segments < 1:
+        raise ValueError("a batch holds at least one segment")
+    per_chain = [np.zeros(capacity, t) for t in (np.uint16, np.uint32, np.uint32)]  # heads, lens, nsegs
+    totals = [np.zeros(capacity, np.uint32) for _ in range(2)]  # readable_len, writable_len
+    segments = [np.zeros(max_segments, t) for t in (np.uint64, np.uint32, np.uint8)]  # addr, len, writable
+    return capacity, max_segments, (*per_chain, np.zeros(capacity + 1, np.uint32), *totals, *segments)
+
+
 class Batch:
     """Arrays for up to ``capacity`` chains and ``max_segments`` buffer segments, reused from call to call.
 
@@ -16,23 +29,10 @@ class Batch:
     """
 
     def __init__(self, capacity: int, max_segments: int | None = None) -> None:
-        if capacity < 1:
-            raise ValueError("a batch holds at least one chain")
-        max_segments = 4 * capacity if max_segments is None else max_segments
-        if max_segments < 1:
-            raise ValueError("a batch holds at least one segment")
-        self.capacity = capacity
-        self.max_segments = max_segments
+        self.capacity, self.max_segments, arrays = batch_arrays(capacity, max_segments)
         self.count = 0
-        self.heads = np.zeros(capacity, np.uint16)
-        self.lens = np.zeros(capacity, np.uint32)
-        self.nsegs = np.zeros(capacity, np.uint32)
-        self.seg_start = np.zeros(capacity + 1, np.uint32)
-        self.readable_len = np.zeros(capacity, np.uint32)
-        self.writable_len = np.zeros(capacity, np.uint32)
-        self.seg_addr = np.zeros(max_segments, np.uint64)
-        self.seg_len = np.zeros(max_segments, np.uint32)
-        self.seg_writable = np.zeros(max_segments, np.uint8)
+        (self.heads, self.lens, self.nsegs, self.seg_start, self.readable_len, self.writable_len, self.seg_addr,
+         self.seg_len, self.seg_writable) = arrays
 
     def set_chains(self, segments: list[tuple[int, int, bool]], count: int) -> None:
         """Driver side: ``count`` chains, each made of the same ``segments`` (address, length, device-writable)."""

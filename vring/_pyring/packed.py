@@ -14,7 +14,7 @@ import struct
 from collections import deque
 from typing import Any
 
-from .._errors import AddressError, QueueFull, chain_error, used_error
+from .._errors import AddressError, chain_error, used_error
 from .._features import (
     DEFAULT_MAX_INDIRECT,
     DESC_F_INDIRECT,
@@ -172,43 +172,8 @@ class PackedDeviceQueue(DeviceQueue):
         return Chain(buffer_id, pieces, readable_len, writable_len, was_indirect)
 
     def _indirect_table(self, head: int, pos: int, addr: int, length: int, flags: int) -> list[tuple[int, ...]]:
-        if not self._indirect:
-            raise self._fail(chain_error("indirect-not-negotiated", head, pos, False))
-        if flags & DESC_F_NEXT:
-            raise self._fail(chain_error("indirect-with-next", head, pos, False))
-        if length == 0:
-            raise self._fail(chain_error("indirect-len-zero", head, pos, False))
-        if length % DESC_SIZE:
-            raise self._fail(chain_error("indirect-len-unaligned", head, pos, False, length))
-        if length // DESC_SIZE > self.max_indirect:
-            raise self._fail(chain_error("indirect-too-large", head, pos, False, length, self.max_indirect))
-        try:
-            table = self.mem.view(addr, length)
-        except AddressError:
-            raise self._fail(chain_error("indirect-outside-memory", head, pos, False, addr, length)) from None
+        table = self._indirect_view(head, pos, False, addr, length, flags)
         return list(_PDESC.iter_unpack(table))  # the whole table, read once
-
-    def _piece(self, pieces: list, head: int, index: int, in_indirect: bool, addr: int, length: int,
-               writable: bool, readable_len: int, writable_len: int, seen_writable: bool) -> tuple[int, int, bool]:
-        """Check one buffer and add its pieces: the checks the split ring makes, in the same order."""
-        if length == 0:
-            raise self._fail(chain_error("zero-length", head, index, in_indirect))
-        if writable:
-            seen_writable = True
-            writable_len += length
-        elif seen_writable:
-            raise self._fail(chain_error("readable-after-writable", head, index, in_indirect))
-        else:
-            readable_len += length
-        if readable_len + writable_len > _U32_MAX:
-            raise self._fail(chain_error("chain-too-large", head, index, in_indirect))
-        try:
-            for region, offset, piece in self.mem.pieces(addr, length):
-                pieces.append((region.gpa + offset, piece, writable, (region.gpa, region.view)))
-        except AddressError:
-            raise self._fail(chain_error("buffer-outside-memory", head, index, in_indirect, addr,
-                                         length)) from None
-        return readable_len, writable_len, seen_writable
 
     def _commit(self, chain: Chain) -> None:
         self._inflight[chain.head] = 1
@@ -296,26 +261,12 @@ class PackedDriverQueue(DriverQueue):
 
     def _add(self, rings: _Rings, segs: list[tuple[int, int, bool]]) -> int:
         nseg = len(segs)
-        if nseg == 0:
-            raise ValueError("a chain needs at least one buffer")
-        indirect = self._indirect_for(nseg)
-        if not indirect and nseg > self.size:
-            raise ValueError(f"a chain of {nseg} buffers is longer than the queue size {self.size}")
-        needed = 1 if indirect else nseg
-        if self.num_free < needed:
-            raise QueueFull(f"{needed} descriptors needed, {self.num_free} free")
+        indirect, needed = self._reserve(nseg)
         wlen = 0
         seen_w = False
-        for addr, length, w in segs:
-            if not 0 < length <= _U32_MAX:
-                raise ValueError(f"buffer length {length} is not between 1 and 2**32 - 1")
-            if w:
-                seen_w = True
-                wlen += length
-            elif seen_w:
-                raise ValueError("device-readable buffers must come before device-writable ones")
-            if not self.mem.contains(addr, length):
-                raise AddressError(f"buffer {addr:#x} (+{length}) is outside guest memory")
+        for addr, length, w in segs:  # every check first: nothing is written for a chain that is refused
+            seen_w = self._check_buffer(addr, length, w, seen_w)
+            wlen += length if w else 0
         if wlen > _U32_MAX:
             raise ValueError("the chain's writable length exceeds 2**32 - 1")
         buffer_id = self._free_head

@@ -317,7 +317,6 @@ class DeviceQueue(_Queue):
         in_indirect = False
         was_indirect = False
         count = 0
-        total = 0
         readable_len = 0
         writable_len = 0
         seen_writable = False
@@ -329,54 +328,65 @@ class DeviceQueue(_Queue):
             # struct virtq_desc, read once: every check and every use below works on this copy.
             addr, length, flags, nxt = _DESC.unpack_from(table, DESC_SIZE * index)
             if flags & DESC_F_INDIRECT:
-                if not self._indirect:
-                    raise self._fail(chain_error("indirect-not-negotiated", head, index, in_indirect))
-                if in_indirect:
-                    raise self._fail(chain_error("nested-indirect", head, index, in_indirect))
-                if flags & DESC_F_NEXT:
-                    raise self._fail(chain_error("indirect-with-next", head, index, in_indirect))
-                if length == 0:
-                    raise self._fail(chain_error("indirect-len-zero", head, index, in_indirect))
-                if length % DESC_SIZE:
-                    raise self._fail(chain_error("indirect-len-unaligned", head, index, in_indirect, length))
-                if length // DESC_SIZE > self.max_indirect:
-                    raise self._fail(chain_error("indirect-too-large", head, index, in_indirect, length,
-                                                 self.max_indirect))
-                try:
-                    table = mem.view(addr, length)
-                except AddressError:
-                    raise self._fail(chain_error("indirect-outside-memory", head, index, in_indirect, addr,
-                                                 length)) from None
+                table = self._indirect_view(head, index, in_indirect, addr, length, flags)
                 limit = length // DESC_SIZE
                 index = 0
                 count = 0
                 in_indirect = was_indirect = True
                 continue
-            if length == 0:
-                raise self._fail(chain_error("zero-length", head, index, in_indirect))
-            writable = bool(flags & DESC_F_WRITE)
-            if writable:
-                seen_writable = True
-                writable_len += length
-            elif seen_writable:
-                raise self._fail(chain_error("readable-after-writable", head, index, in_indirect))
-            else:
-                readable_len += length
-            total += length
-            if total > _U32_MAX:
-                raise self._fail(chain_error("chain-too-large", head, index, in_indirect))
-            try:
-                for region, offset, piece in mem.pieces(addr, length):
-                    pieces.append((region.gpa + offset, piece, writable, (region.gpa, region.view)))
-            except AddressError:
-                raise self._fail(chain_error("buffer-outside-memory", head, index, in_indirect, addr,
-                                             length)) from None
+            readable_len, writable_len, seen_writable = self._piece(
+                pieces, head, index, in_indirect, addr, length, bool(flags & DESC_F_WRITE), readable_len,
+                writable_len, seen_writable)
             if not flags & DESC_F_NEXT:
                 break
             if nxt >= limit:
                 raise self._fail(chain_error("next-out-of-range", head, index, in_indirect, nxt, limit))
             index = nxt
         return Chain(head, pieces, readable_len, writable_len, was_indirect)
+
+    def _piece(self, pieces: list, head: int, index: int, in_indirect: bool, addr: int, length: int,
+               writable: bool, readable_len: int, writable_len: int, seen_writable: bool) -> tuple[int, int, bool]:
+        """Check one buffer of a chain and add its pieces (one per region it crosses): both layouts, direct
+        and indirect descriptors, the same checks in the same order."""
+        if length == 0:
+            raise self._fail(chain_error("zero-length", head, index, in_indirect))
+        if writable:
+            seen_writable = True
+            writable_len += length
+        elif seen_writable:
+            raise self._fail(chain_error("readable-after-writable", head, index, in_indirect))
+        else:
+            readable_len += length
+        if readable_len + writable_len > _U32_MAX:
+            raise self._fail(chain_error("chain-too-large", head, index, in_indirect))
+        try:
+            for region, offset, piece in self.mem.pieces(addr, length):
+                pieces.append((region.gpa + offset, piece, writable, (region.gpa, region.view)))
+        except AddressError:
+            raise self._fail(chain_error("buffer-outside-memory", head, index, in_indirect, addr,
+                                         length)) from None
+        return readable_len, writable_len, seen_writable
+
+    def _indirect_view(self, head: int, index: int, in_indirect: bool, addr: int, length: int,
+                       flags: int) -> memoryview:
+        """The indirect table a descriptor refers to, after every check the spec asks of it (both layouts)."""
+        if not self._indirect:
+            raise self._fail(chain_error("indirect-not-negotiated", head, index, in_indirect))
+        if in_indirect:
+            raise self._fail(chain_error("nested-indirect", head, index, in_indirect))
+        if flags & DESC_F_NEXT:
+            raise self._fail(chain_error("indirect-with-next", head, index, in_indirect))
+        if length == 0:
+            raise self._fail(chain_error("indirect-len-zero", head, index, in_indirect))
+        if length % DESC_SIZE:
+            raise self._fail(chain_error("indirect-len-unaligned", head, index, in_indirect, length))
+        if length // DESC_SIZE > self.max_indirect:
+            raise self._fail(chain_error("indirect-too-large", head, index, in_indirect, length, self.max_indirect))
+        try:
+            return self.mem.view(addr, length)
+        except AddressError:
+            raise self._fail(chain_error("indirect-outside-memory", head, index, in_indirect, addr,
+                                         length)) from None
 
     # -- pushing -------------------------------------------------------------------------------------------
     def _check_push(self, head: int, written: int) -> None:
@@ -606,14 +616,8 @@ class DriverQueue(_Queue):
         batch.count = n
         return n
 
-    def _needed(self, nseg: int) -> int:
-        return 1 if self._indirect_for(nseg) else nseg
-
-    def _indirect_for(self, nseg: int) -> bool:
-        return self._use_indirect and self.indirect_threshold <= nseg <= self.indirect_max
-
-    def _add(self, rings: _Rings, segs: list[tuple[int, int, bool]]) -> int:
-        nseg = len(segs)
+    def _reserve(self, nseg: int) -> tuple[bool, int]:
+        """The checks before a chain of ``nseg`` buffers takes descriptors: (indirect?, descriptors needed)."""
         if nseg == 0:
             raise ValueError("a chain needs at least one buffer")
         indirect = self._indirect_for(nseg)
@@ -622,6 +626,27 @@ class DriverQueue(_Queue):
         needed = 1 if indirect else nseg
         if self.num_free < needed:
             raise QueueFull(f"{needed} descriptors needed, {self.num_free} free")
+        return indirect, needed
+
+    def _check_buffer(self, addr: int, length: int, writable: bool, seen_writable: bool) -> bool:
+        """One buffer of a chain the caller adds; returns whether a device-writable one has been seen."""
+        if not 0 < length <= _U32_MAX:
+            raise ValueError(f"buffer length {length} is not between 1 and 2**32 - 1")
+        if not writable and seen_writable:
+            raise ValueError("device-readable buffers must come before device-writable ones")
+        if not self.mem.contains(addr, length):
+            raise AddressError(f"buffer {addr:#x} (+{length}) is outside guest memory")
+        return seen_writable or writable
+
+    def _needed(self, nseg: int) -> int:
+        return 1 if self._indirect_for(nseg) else nseg
+
+    def _indirect_for(self, nseg: int) -> bool:
+        return self._use_indirect and self.indirect_threshold <= nseg <= self.indirect_max
+
+    def _add(self, rings: _Rings, segs: list[tuple[int, int, bool]]) -> int:
+        nseg = len(segs)
+        indirect, needed = self._reserve(nseg)
         head = self._free_head
         # Check and write in one pass: the slots written are free ones the device cannot see (they are not in the
         # avail ring), so a chain refused halfway leaves nothing behind but bytes in free slots.
@@ -633,15 +658,8 @@ class DriverQueue(_Queue):
         seen_w = False
         index = head
         for k, (addr, length, w) in enumerate(segs):
-            if not 0 < length <= _U32_MAX:
-                raise ValueError(f"buffer length {length} is not between 1 and 2**32 - 1")
-            if w:
-                seen_w = True
-                wlen += length
-            elif seen_w:
-                raise ValueError("device-readable buffers must come before device-writable ones")
-            if not self.mem.contains(addr, length):
-                raise AddressError(f"buffer {addr:#x} (+{length}) is outside guest memory")
+            seen_w = self._check_buffer(addr, length, w, seen_w)
+            wlen += length if w else 0
             last = k == nseg - 1
             flags = (DESC_F_WRITE if w else 0) | (0 if last else DESC_F_NEXT)
             if indirect:  # struct virtq_desc in the head's indirect table, linked in table order
