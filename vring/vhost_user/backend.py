@@ -12,6 +12,7 @@ import os
 import selectors
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -32,6 +33,7 @@ log = logging.getLogger("vring.vhost_user")
 OFFERED_PROTOCOL_FEATURES = (ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK | ProtocolFeature.CONFIG
                              | ProtocolFeature.CONFIGURE_MEM_SLOTS)
 MAX_MEM_SLOTS = 32
+POLL_SECONDS = 50e-6  # how long a queue that ran dry is polled before it sleeps on its kick eventfd
 PROTOCOL_FEATURES_BIT = int(Feature.VHOST_USER_PROTOCOL_FEATURES)
 
 
@@ -446,7 +448,14 @@ class Connection:
                 served, notify = self.device.process(vring.index, queue)
                 if notify and vring.call >= 0:
                     os.eventfd_write(vring.call, 1)
-                if not served and not queue.enable_notifications():
+                if served:
+                    continue
+                # Poll briefly before sleeping: a driver that keeps the ring busy then needs no kick (a syscall on
+                # each side) and its next request waits for no wake-up.
+                deadline = time.perf_counter() + POLL_SECONDS
+                while not queue.avail_pending() and time.perf_counter() < deadline:
+                    pass
+                if not queue.avail_pending() and not queue.enable_notifications():
                     return
         except VringError as exc:
             vring.broken = True
