@@ -254,3 +254,20 @@ def test_every_handler_answers_as_the_protocol_says(server):
     front.request(Request.RESET_DEVICE)
     front.request(Request.SET_FEATURES, U64.pack(front.features))  # a reset device negotiates again
     front.close()
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_serve_stops_cleanly_on_a_signal(tmp_path, signum):
+    import signal
+
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 16))
+    sock = tmp_path / "s.sock"
+    with vring_blk(image, sock) as proc:
+        front = Frontend(str(sock)).connect()
+        BlkClient(front).read(0, 1)  # a live session when the signal comes
+        proc.send_signal(getattr(signal, signum))
+        assert proc.wait(timeout=10) == 0
+        front.close()
+    assert not sock.exists()  # the socket is removed on the way out
+    assert f"signal {getattr(signal, signum).value}: stopping" in sock.with_suffix(".log").read_text()
