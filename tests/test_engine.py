@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import vring
-from vring import AddressError, Feature, QueueBroken, QueueFull, QueueState
+from vring import AddressError, Feature, QueueFull, QueueState
 
 from ringkit import BASE, DATA, DESC, INDIRECT, NEXT, TABLES, WRITE, make_pair
 
@@ -129,7 +129,7 @@ def test_driver_refuses_bad_buffers(twin, ring):
 def test_token_defaults_to_head_and_get_used(twin, ring):
     p = make_pair(twin, packed=ring == "packed")
     h0 = p.drv.add([(DATA, 8)])
-    h1 = p.drv.add([(DATA, 8)], token=("x", 1))
+    p.drv.add([(DATA, 8)], token=("x", 1))
     p.drv.kick_needed()
     for chain in p.dev.pop_many(2):
         p.dev.push(chain.head, 0)

@@ -17,7 +17,7 @@ import vring
 from vring import MalformedUsed
 from vring.devices.blk import BlkClient
 from vring.vhost_user.frontend import Allocator, BackendError, Frontend
-from vring.vhost_user.protocol import FLAG_REPLY, U64, VERSION, Request, recv_message, send_message
+from vring.vhost_user.protocol import FLAG_REPLY, U64, VERSION, Request, recv_message
 
 from backends import vring_blk
 

@@ -30,13 +30,17 @@ if os.environ.get("VRING_PUREPYTHON", "") not in ("", "0"):
     IMPLEMENTATION = "python"
 else:
     try:
-        from ._cring import Batch, Chain, DeviceQueue, DriverQueue, GuestMemory, PackedDeviceQueue, PackedDriverQueue
+        from ._cring import (  # type: ignore[no-redef]  # the twin chosen at import
+            Batch, Chain, DeviceQueue, DriverQueue, GuestMemory, PackedDeviceQueue, PackedDriverQueue,
+        )
     except ImportError:
         # Only an interpreter that cannot load CPython extensions falls back; on CPython a missing or broken
         # extension is an installation error worth a loud failure.
         if platform.python_implementation() == "CPython":
             raise
-        from ._pyring import Batch, Chain, DeviceQueue, DriverQueue, GuestMemory, PackedDeviceQueue, PackedDriverQueue
+        from ._pyring import (  # type: ignore[no-redef]
+            Batch, Chain, DeviceQueue, DriverQueue, GuestMemory, PackedDeviceQueue, PackedDriverQueue,
+        )
 
         IMPLEMENTATION = "python"
     else:

@@ -18,7 +18,7 @@ import sys
 import time
 import types
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -59,9 +59,9 @@ class Rig:
     """A driver and a device on one guest memory, as the cycle benchmarks use them."""
 
     impl: types.ModuleType
-    mem: object
-    drv: object
-    dev: object
+    mem: Any
+    drv: Any
+    dev: Any
     shape: list[tuple[int, int, bool]]
     size: int
 
@@ -70,6 +70,7 @@ def make_rig(impl: types.ModuleType, shape: str, features: int, size: int = 256,
     mem = impl.GuestMemory()
     mem.add_region(BASE, np.zeros(MEM_BYTES, np.uint8))
     features = int(features) | Feature.VERSION_1
+    layout: PackedLayout | SplitLayout
     if packed:
         layout = PackedLayout.contiguous(size, BASE)
         drv = impl.PackedDriverQueue(mem, layout, features | Feature.RING_PACKED, indirect_area=TABLES,

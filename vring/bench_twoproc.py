@@ -113,7 +113,7 @@ def run_one(mode: str, copy: bool, seconds: float, impl_name: str = "cython") ->
             drv.disable_interrupts()
         done = 0
         deadline = None
-        t0 = 0
+        t0 = 0.0
         while True:
             free = drv.num_free
             if free:

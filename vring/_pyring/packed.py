@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from typing import Any
 
-from .._errors import AddressError, chain_error, used_error
+from .._errors import chain_error, used_error
 from .._features import (
     DEFAULT_MAX_INDIRECT,
     DESC_F_INDIRECT,
@@ -273,7 +272,7 @@ class PackedDriverQueue(DriverQueue):
         self._free_head = self._next[buffer_id]
         head_pos, head_wrap = self.avail_idx, self.avail_wrap
         if indirect:
-            table_gpa = self.indirect_area + buffer_id * self.indirect_max * DESC_SIZE
+            table_gpa = self._table_gpa(buffer_id)
             table = self.mem.view(table_gpa, DESC_SIZE * nseg)
             for k, (addr, length, w) in enumerate(segs):  # entries are sequential: no NEXT, no id
                 _PDESC.pack_into(table, DESC_SIZE * k, addr, length, 0, DESC_F_WRITE if w else 0)

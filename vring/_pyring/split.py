@@ -14,8 +14,6 @@ from typing import Any, Iterable, Sequence
 from .._chainio import gather, write_chain
 from .._errors import (
     AddressError,
-    MalformedChain,
-    QueueBroken,
     QueueFull,
     VringError,
     broken_error,
@@ -33,7 +31,7 @@ from .._features import (
     Feature,
     need_event,
 )
-from .._layout import SplitLayout
+from .._layout import PackedLayout, SplitLayout
 from .._state import QueueState
 from .batch import Batch
 from .memory import GuestMemory
@@ -79,13 +77,13 @@ class Chain:
 
     __slots__ = ("head", "readable_len", "writable_len", "indirect", "_pieces", "_readable", "_writable")
 
-    def __init__(self, head: int, pieces: list[tuple[int, int, bool, memoryview]], readable_len: int,
+    def __init__(self, head: int, pieces: list[tuple[int, int, bool, tuple[int, memoryview]]], readable_len: int,
                  writable_len: int, indirect: bool) -> None:
         self.head = head
         self.readable_len = readable_len
         self.writable_len = writable_len
         self.indirect = indirect
-        self._pieces = pieces  # (gpa, length, writable, region view) per piece
+        self._pieces = pieces  # (gpa, length, writable, (region gpa, region view)) per piece
         self._readable: list[memoryview] | None = None
         self._writable: list[memoryview] | None = None
 
@@ -135,7 +133,7 @@ class _Queue:
 
     _side = "queue"
     mem: GuestMemory
-    layout: SplitLayout
+    layout: SplitLayout | PackedLayout
     _rings: _Rings
     broken: bool
     error: VringError | None
@@ -161,7 +159,7 @@ class DeviceQueue(_Queue):
 
     _side = "device"
 
-    def __init__(self, mem: GuestMemory, layout: SplitLayout, features: int = 0, *,
+    def __init__(self, mem: GuestMemory, layout: SplitLayout | PackedLayout, features: int = 0, *,
                  max_indirect: int = DEFAULT_MAX_INDIRECT) -> None:
         if max_indirect < 1:
             raise ValueError("max_indirect must be at least 1")
@@ -226,7 +224,7 @@ class DeviceQueue(_Queue):
     def pop_many(self, n: int) -> list[Chain]:
         """Up to ``n`` available chains."""
         rings = self._check()
-        out = []
+        out: list[Chain] = []
         while len(out) < n:
             chain = self._pop_one(rings)
             if chain is None:
@@ -310,7 +308,6 @@ class DeviceQueue(_Queue):
         return n
 
     def _walk(self, rings: _Rings, head: int) -> Chain:
-        mem = self.mem
         table = rings.desc
         limit = self.size  # entries of the table being walked
         index = head
@@ -486,7 +483,7 @@ class DriverQueue(_Queue):
 
     _side = "driver"
 
-    def __init__(self, mem: GuestMemory, layout: SplitLayout, features: int = 0, *,
+    def __init__(self, mem: GuestMemory, layout: SplitLayout | PackedLayout, features: int = 0, *,
                  indirect_area: int | None = None, indirect_max: int = 16, indirect_threshold: int = 2) -> None:
         if not 1 <= indirect_max <= DEFAULT_MAX_INDIRECT:
             raise ValueError(f"indirect_max must be between 1 and {DEFAULT_MAX_INDIRECT}")
@@ -644,6 +641,11 @@ class DriverQueue(_Queue):
     def _indirect_for(self, nseg: int) -> bool:
         return self._use_indirect and self.indirect_threshold <= nseg <= self.indirect_max
 
+    def _table_gpa(self, head: int) -> int:
+        """Where the indirect table of the chain at ``head`` lives (only asked when indirect tables are in use)."""
+        assert self.indirect_area is not None
+        return self.indirect_area + head * self.indirect_max * DESC_SIZE
+
     def _add(self, rings: _Rings, segs: list[tuple[int, int, bool]]) -> int:
         nseg = len(segs)
         indirect, needed = self._reserve(nseg)
@@ -651,7 +653,7 @@ class DriverQueue(_Queue):
         # Check and write in one pass: the slots written are free ones the device cannot see (they are not in the
         # avail ring), so a chain refused halfway leaves nothing behind but bytes in free slots.
         if indirect:
-            table = self.mem.view(self.indirect_area + head * self.indirect_max * DESC_SIZE, DESC_SIZE * nseg)
+            table = self.mem.view(self._table_gpa(head), DESC_SIZE * nseg)
         else:
             table = rings.desc
         wlen = 0
@@ -671,7 +673,7 @@ class DriverQueue(_Queue):
         if wlen > _U32_MAX:
             raise ValueError("the chain's writable length exceeds 2**32 - 1")
         if indirect:
-            table_gpa = self.indirect_area + head * self.indirect_max * DESC_SIZE
+            table_gpa = self._table_gpa(head)
             _DESC.pack_into(rings.desc, DESC_SIZE * head, table_gpa, DESC_SIZE * nseg, DESC_F_INDIRECT, 0)
             self._free_head = self._next[head]
         else:
@@ -752,7 +754,7 @@ class DriverQueue(_Queue):
     def pop_used(self, max_count: int | None = None) -> list[tuple[Any, int]]:
         """Every (token, written length) the device returned so far (at most ``max_count``)."""
         rings = self._check()
-        out = []
+        out: list[tuple[Any, int]] = []
         while max_count is None or len(out) < max_count:
             got = self._reap_one(rings)
             if got is None:

@@ -61,6 +61,7 @@ ZERO_CHUNK = bytes(1 << 16)
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
+_fallocate: Any
 try:
     _libc = ctypes.CDLL(None, use_errno=True)
     _fallocate = _libc.fallocate

@@ -83,7 +83,7 @@ class NetClient:
         self._reap_tx()
         if not self._tx_free or not self.tx.driver.num_free:
             for addr, _written in self.frontend.wait(self.tx, timeout):  # re-arms interrupts, no lost wake-up
-                self._tx_free.append(addr)
+                self._tx_free.append(int(addr))  # type: ignore[call-overload]  # tokens are buffer addresses
             self.tx.driver.disable_interrupts()
         addr = self._tx_free.pop()
         self.mem.write(addr, ZERO_HEADER + frame)
@@ -98,7 +98,8 @@ class NetClient:
         Raises BackendError if nothing arrives within ``timeout`` (default: the front-end's timeout).
         """
         if not self._rx_done:
-            self._rx_done.extend(self.frontend.wait(self.rx, timeout))
+            done = self.frontend.wait(self.rx, timeout)
+            self._rx_done.extend((int(a), n) for a, n in done)  # type: ignore[call-overload]  # tokens: addresses
         addr, written = self._rx_done.popleft()
         try:
             if written < HEADER_SIZE:

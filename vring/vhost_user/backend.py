@@ -13,7 +13,7 @@ import selectors
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from .. import DeviceQueue, GuestMemory, PackedDeviceQueue
@@ -368,6 +368,7 @@ class Connection:
                        self._uva_to_gpa(msg, avail_uva, 4 if packed else 6 + 2 * num),
                        self._uva_to_gpa(msg, used_uva, 4 if packed else 6 + 8 * num))
         features = self.features & ~PROTOCOL_FEATURES_BIT
+        queue: DeviceQueue | PackedDeviceQueue
         try:
             if packed:
                 queue = PackedDeviceQueue(self.mem, PackedLayout(num, *layout_gpas), features)
@@ -391,7 +392,7 @@ class Connection:
         if vring.queue is not None:
             state = vring.queue.state
             if isinstance(vring.queue, PackedDeviceQueue):  # the encoding SET_VRING_BASE takes
-                vring.base = (state.last_avail_idx | state.avail_wrap << 15 | state.used_idx << 16
+                vring.base = (state.last_avail_idx | state.avail_wrap << 15 | (state.used_idx or 0) << 16
                               | state.used_wrap << 31)
             else:
                 vring.base = state.last_avail_idx

@@ -220,18 +220,24 @@ class Frontend:
         packed = bool(ring_features & Feature.RING_PACKED)
         for index in range(count):
             tables = self.allocator.alloc(DriverQueue.indirect_area_bytes(size, indirect_max), PAGE)
+            layout: SplitLayout | PackedLayout
+            driver: DriverQueue | PackedDriverQueue
             if packed:
-                layout = PackedLayout.contiguous(size, self.allocator.alloc(PackedLayout.contiguous_bytes(size), PAGE))
-                driver = PackedDriverQueue(self.mem, layout, ring_features, indirect_area=tables,
+                packed_layout = PackedLayout.contiguous(size, self.allocator.alloc(PackedLayout.contiguous_bytes(size),
+                                                                                   PAGE))
+                layout = packed_layout
+                driver = PackedDriverQueue(self.mem, packed_layout, ring_features, indirect_area=tables,
                                            indirect_max=indirect_max, **driver_kwargs)
-                areas = (layout.desc, layout.device_event, layout.driver_event)  # desc, "used", "avail"
+                # SET_VRING_ADDR's desc, "used" and "avail": the device and driver event areas of a packed ring
+                areas = (packed_layout.desc, packed_layout.device_event, packed_layout.driver_event)
                 base = 1 << 15 | 1 << 31  # avail and used index 0, both wrap counters 1 (QEMU's encoding)
             else:
-                layout = SplitLayout.contiguous(size, self.allocator.alloc(SplitLayout.contiguous_bytes(size, PAGE),
-                                                                           PAGE), PAGE)
-                driver = DriverQueue(self.mem, layout, ring_features, indirect_area=tables,
+                split_layout = SplitLayout.contiguous(size, self.allocator.alloc(
+                    SplitLayout.contiguous_bytes(size, PAGE), PAGE), PAGE)
+                layout = split_layout
+                driver = DriverQueue(self.mem, split_layout, ring_features, indirect_area=tables,
                                      indirect_max=indirect_max, **driver_kwargs)
-                areas = (layout.desc, layout.used, layout.avail)
+                areas = (split_layout.desc, split_layout.used, split_layout.avail)
                 base = 0
             kick, call, err = (os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(3))
             self.request(Request.SET_VRING_NUM, VRING_STATE.pack(index, size))
