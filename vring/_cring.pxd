@@ -109,7 +109,6 @@ ctypedef struct SplitDrv:
     uint8_t avail_wrap
     uint8_t used_wrap
     uint32_t added                    # slots made available since the last kick_needed
-    uint32_t slots_in_flight
     bint in_order                     # VIRTIO_F_IN_ORDER: one used descriptor may stand for earlier buffers
     uint16_t *order                   # ring buffer of buffer ids in the order they were made available
     uint32_t order_head

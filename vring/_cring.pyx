@@ -620,13 +620,31 @@ cdef inline void pk_set_event(unsigned char *event, uint16_t off_wrap, uint16_t 
     vring_write_shared_u16(<uint16_t *>(event + 2), flags)
 
 
+cdef inline void pk_arm_event(unsigned char *event, bint event_idx, uint32_t pos, uint8_t wrap) noexcept nogil:
+    """Ask the other side to notify: at slot ``pos`` of lap ``wrap`` with EVENT_IDX, else on every change."""
+    if event_idx:
+        pk_set_event(event, <uint16_t>(pos | (wrap << 15)), EVENT_DESC)
+    else:
+        pk_set_event(event, 0, EVENT_ENABLE)
+
+
+cdef inline void pk_advance(uint16_t *pos, uint8_t *wrap, uint32_t n, uint32_t size) noexcept nogil:
+    """Move ``pos`` ``n`` slots on; the lap's wrap counter flips each time the ring's end is passed."""
+    cdef uint32_t p = pos[0] + n
+    if p >= size:
+        p -= size
+        wrap[0] ^= 1
+    pos[0] = <uint16_t>p
+
+
 cdef inline int pk_dev_peek(SplitDev *q, MemMap *m, uint16_t *head_out, ChainError *err) noexcept nogil:
     """Read and check the chain at last_avail without taking it: 1, 0 (nothing available) or minus a code."""
     cdef const unsigned char *ring = <const unsigned char *>q.desc
     cdef const unsigned char *table
     cdef uint64_t words[2]
     cdef uint64_t addr, readable_len = 0, writable_len = 0
-    cdef uint32_t pos = q.last_avail, head_pos = q.last_avail, count = 0, length, k, entries
+    cdef uint16_t pos = q.last_avail
+    cdef uint32_t head_pos = q.last_avail, count = 0, length, k, entries
     cdef uint8_t wrap = q.avail_wrap
     cdef uint16_t flags, buffer_id = 0
     cdef bint seen_writable = False
@@ -680,10 +698,7 @@ cdef inline int pk_dev_peek(SplitDev *q, MemMap *m, uint16_t *head_out, ChainErr
             return -dev_fail_piece(err, r, head_pos, pos, False, addr, length)
         if not flags & DESC_F_NEXT:
             break
-        pos += 1
-        if pos == q.size:
-            pos = 0
-            wrap ^= 1
+        pk_advance(&pos, &wrap, 1, q.size)
     if buffer_id >= q.size:
         return -dev_fail(err, E_BUFFER_ID_RANGE, head_pos, pos, False, buffer_id, q.size)
     if q.inflight[buffer_id]:
@@ -696,30 +711,21 @@ cdef inline int pk_dev_peek(SplitDev *q, MemMap *m, uint16_t *head_out, ChainErr
 
 
 cdef inline void pk_dev_commit(SplitDev *q, uint16_t buffer_id) noexcept nogil:
-    cdef uint32_t pos = q.last_avail + q.peeked_ndesc
     q.inflight[buffer_id] = 1
     q.inflight_wlen[buffer_id] = q.writable_len
     q.ndesc[buffer_id] = <uint16_t>q.peeked_ndesc
-    if pos >= q.size:
-        pos -= q.size
-        q.avail_wrap ^= 1
-    q.last_avail = <uint16_t>pos
+    pk_advance(&q.last_avail, &q.avail_wrap, q.peeked_ndesc, q.size)
 
 
 cdef inline void pk_dev_put_used(SplitDev *q, uint16_t buffer_id, uint32_t written) noexcept nogil:
     # The used descriptor: len and id first, then its flags (AVAIL = USED = our wrap counter), published.
     cdef unsigned char *desc = <unsigned char *>q.desc + 16 * q.used_idx
-    cdef uint32_t pos
     cdef uint16_t flags = (PACKED_F_AVAIL | PACKED_F_USED if q.used_wrap else 0) | (DESC_F_WRITE if written else 0)
     memcpy(desc + 8, &written, 4)
     memcpy(desc + 12, &buffer_id, 2)
     vring_publish_desc_flags(<uint16_t *>(desc + 14), flags)
     q.inflight[buffer_id] = 0
-    pos = q.used_idx + q.ndesc[buffer_id]
-    if pos >= q.size:
-        pos -= q.size
-        q.used_wrap ^= 1
-    q.used_idx = <uint16_t>pos
+    pk_advance(&q.used_idx, &q.used_wrap, q.ndesc[buffer_id], q.size)
     q.pushed += q.ndesc[buffer_id]
 
 
@@ -791,7 +797,7 @@ cdef inline void dev_after_pop(SplitDev *q) noexcept nogil:
     # unless the device disabled notifications to poll.
     if q.event_idx and q.notify_enabled:
         if q.packed:  # device event suppression: the next descriptor, in its lap
-            pk_set_event(q.used, q.last_avail | (q.avail_wrap << 15), EVENT_DESC)
+            pk_arm_event(q.used, True, q.last_avail, q.avail_wrap)
         else:
             vring_write_shared_u16(<uint16_t *>(q.used + 4 + 8 * q.size), q.last_avail)  # used->avail_event
 
@@ -1014,7 +1020,8 @@ cdef class DeviceQueue:
     # -- popping -------------------------------------------------------------------------------------------
     def avail_pending(self):
         """How many chains the driver has made available that the device has not popped (0 if broken)."""
-        cdef uint32_t count = 0, pos = self.q.last_avail
+        cdef uint32_t count = 0
+        cdef uint16_t pos = self.q.last_avail
         cdef uint8_t wrap = self.q.avail_wrap
         if self.broken:
             return 0
@@ -1022,10 +1029,7 @@ cdef class DeviceQueue:
         if self.q.packed:  # descriptors made available from last_avail_idx on
             while count < self.q.size and pk_is_avail(pk_flags(self.q.desc, pos), wrap):
                 count += 1
-                pos += 1
-                if pos == self.q.size:
-                    pos = 0
-                    wrap ^= 1
+                pk_advance(&pos, &wrap, 1, self.q.size)
             return count
         return <uint16_t>(vring_observe_idx(&self.q.avail[1]) - self.q.last_avail)  # avail->idx
 
@@ -1178,10 +1182,7 @@ cdef class DeviceQueue:
         self._check()
         self.q.notify_enabled = True
         if self.q.packed:
-            if self.q.event_idx:
-                pk_set_event(self.q.used, self.q.last_avail | (self.q.avail_wrap << 15), EVENT_DESC)
-            else:
-                pk_set_event(self.q.used, 0, EVENT_ENABLE)
+            pk_arm_event(self.q.used, self.q.event_idx, self.q.last_avail, self.q.avail_wrap)
             vring_fence_store_then_check()
             return pk_is_avail(pk_flags(self.q.desc, self.q.last_avail), self.q.avail_wrap)
         if self.q.event_idx:
@@ -1233,44 +1234,66 @@ ctypedef fused seg_len_t:
 
 
 # -- packed rings, driver side -------------------------------------------------------------------------------
+cdef inline long drv_reserve(SplitDrv *q, uint32_t nseg, uint32_t *bad) noexcept nogil:
+    """The checks before a chain of ``nseg`` buffers takes ring slots, both layouts: the slots it needs, or
+    minus an A_* code."""
+    cdef bint indirect
+    cdef uint32_t needed
+    if nseg == 0:
+        return -A_EMPTY
+    indirect = drv_indirect_for(q, nseg)
+    if not indirect and nseg > q.size:
+        return -A_LONG
+    needed = 1 if indirect else nseg
+    if q.num_free < needed:
+        bad[0] = needed
+        return -A_FULL
+    return needed
+
+
+cdef inline int drv_check_buffer(MemMap *m, uint64_t addr, seg_len_t length, bint writable, bint *seen_writable,
+                                 uint64_t *writable_len) noexcept nogil:
+    """One buffer of a chain the driver adds, both layouts: 0 or an A_* code."""
+    if seg_len_t is uint32_t:
+        if length == 0:
+            return A_LEN
+    else:
+        if length < 1 or length > <long long>U32_MAX:
+            return A_LEN
+    if writable:
+        seen_writable[0] = True
+        writable_len[0] += <uint64_t>length
+    elif seen_writable[0]:
+        return A_ORDER
+    if not mem_contains(m, addr, <uint64_t>length):
+        return A_ADDR
+    return 0
+
+
 cdef inline int pk_drv_add(SplitDrv *q, MemMap *m, const uint64_t *addrs, const seg_len_t *lens, const uint8_t *wr,
                            uint32_t nseg, uint16_t *head_out, uint32_t *bad) noexcept nogil:
     """Make one chain available in the packed ring: 0, or an A_* code. Checks first, then writes: the rest of
     the chain, then the head, whose flags (release) make the whole chain available at once."""
     cdef uint64_t wlen = 0
     cdef bint seen_w = False, indirect
-    cdef uint32_t k, needed, pos
-    cdef uint16_t buffer_id, flags, head_flags = 0
+    cdef uint32_t k, needed, length
+    cdef uint16_t buffer_id, flags, head_flags = 0, pos
     cdef uint8_t wrap
     cdef unsigned char *ring = <unsigned char *>q.desc
     cdef unsigned char *table
     cdef unsigned char *desc
     cdef uint64_t head_addr = 0
     cdef uint32_t head_len = 0
-    if nseg == 0:
-        return A_EMPTY
+    cdef long code = drv_reserve(q, nseg, bad)
+    if code < 0:
+        return <int>-code
+    needed = <uint32_t>code
     indirect = drv_indirect_for(q, nseg)
-    if not indirect and nseg > q.size:
-        return A_LONG
-    needed = 1 if indirect else nseg
-    if q.num_free < needed:
-        bad[0] = needed
-        return A_FULL
     for k in range(nseg):
         bad[0] = k
-        if seg_len_t is uint32_t:
-            if lens[k] == 0:
-                return A_LEN
-        else:
-            if lens[k] < 1 or lens[k] > <long long>U32_MAX:
-                return A_LEN
-        if wr[k]:
-            seen_w = True
-            wlen += <uint64_t>lens[k]
-        elif seen_w:
-            return A_ORDER
-        if not mem_contains(m, addrs[k], <uint64_t>lens[k]):
-            return A_ADDR
+        code = drv_check_buffer(m, addrs[k], lens[k], wr[k], &seen_w, &wlen)
+        if code:
+            return <int>code
     if wlen > U32_MAX:
         return A_WLEN
     buffer_id = q.free_head
@@ -1300,31 +1323,21 @@ cdef inline int pk_drv_add(SplitDrv *q, MemMap *m, const uint64_t *addrs, const 
             else:  # the rest of the chain goes in first, flags and all
                 desc = ring + 16 * pos
                 flags |= PACKED_F_AVAIL if wrap else PACKED_F_USED
+                length = <uint32_t>lens[k]
                 memcpy(desc, &addrs[k], 8)
+                memcpy(desc + 8, &length, 4)
                 memcpy(desc + 12, &buffer_id, 2)
                 memcpy(desc + 14, &flags, 2)
-                desc[8] = <uint8_t>lens[k]
-                desc[9] = <uint8_t>(<uint32_t>lens[k] >> 8)
-                desc[10] = <uint8_t>(<uint32_t>lens[k] >> 16)
-                desc[11] = <uint8_t>(<uint32_t>lens[k] >> 24)
-            pos += 1
-            if pos == q.size:
-                pos = 0
-                wrap ^= 1
+            pk_advance(&pos, &wrap, 1, q.size)
     desc = ring + 16 * q.avail_idx
     memcpy(desc, &head_addr, 8)
     memcpy(desc + 8, &head_len, 4)
     memcpy(desc + 12, &buffer_id, 2)
     vring_publish_desc_flags(<uint16_t *>(desc + 14),
                              head_flags | (PACKED_F_AVAIL if q.avail_wrap else PACKED_F_USED))
-    pos = q.avail_idx + needed
-    if pos >= q.size:
-        pos -= q.size
-        q.avail_wrap ^= 1
-    q.avail_idx = <uint16_t>pos
+    pk_advance(&q.avail_idx, &q.avail_wrap, needed, q.size)
     q.num_free -= needed
     q.added += needed
-    q.slots_in_flight += needed
     q.ndesc[buffer_id] = <uint16_t>needed
     q.wlen[buffer_id] = <uint32_t>wlen
     q.inflight[buffer_id] = 1
@@ -1348,13 +1361,8 @@ cdef inline bint pk_drv_kick_needed(SplitDrv *q) noexcept nogil:
 
 cdef inline void pk_drv_retire(SplitDrv *q, uint16_t buffer_id) noexcept nogil:
     """The buffer's slots and its id are free again."""
-    cdef uint32_t pos = q.last_used + q.ndesc[buffer_id]
-    if pos >= q.size:
-        pos -= q.size
-        q.used_wrap ^= 1
-    q.last_used = <uint16_t>pos
+    pk_advance(&q.last_used, &q.used_wrap, q.ndesc[buffer_id], q.size)
     q.num_free += q.ndesc[buffer_id]
-    q.slots_in_flight -= q.ndesc[buffer_id]
     q.inflight[buffer_id] = 0
     q.next[buffer_id] = q.free_head
     q.free_head = buffer_id
@@ -1381,7 +1389,7 @@ cdef inline int pk_drv_reap_one(SplitDrv *q, uint16_t *head, uint32_t *written, 
         flags = <uint16_t>(words[1] >> 48)
         # Spec 2.8.4: the length of a used descriptor without WRITE is reserved and ignored by drivers.
         length = <uint32_t>words[1] if flags & DESC_F_WRITE else 0
-        if not q.slots_in_flight:
+        if q.num_free == q.size:  # no slot in flight
             a[0] = flags
             return -U_WRAP
         a[0] = buffer_id
@@ -1426,17 +1434,14 @@ cdef inline int drv_add(SplitDrv *q, MemMap *m, const uint64_t *addrs, const seg
     cdef uint16_t head, index, nxt
     cdef vring_desc d
     cdef unsigned char *table = NULL
+    cdef long code
     if q.packed:
         return pk_drv_add(q, m, addrs, lens, wr, nseg, head_out, bad)
-    if nseg == 0:
-        return A_EMPTY
+    code = drv_reserve(q, nseg, bad)
+    if code < 0:
+        return <int>-code
+    needed = <uint32_t>code
     indirect = drv_indirect_for(q, nseg)
-    if not indirect and nseg > q.size:
-        return A_LONG
-    needed = 1 if indirect else nseg
-    if q.num_free < needed:
-        bad[0] = needed
-        return A_FULL
     head = q.free_head
     if indirect:
         table = q.indirect_host + <uint64_t>head * q.indirect_max * sizeof(vring_desc)
@@ -1444,23 +1449,10 @@ cdef inline int drv_add(SplitDrv *q, MemMap *m, const uint64_t *addrs, const seg
     # avail ring), so a chain refused halfway leaves nothing behind.
     index = head
     for k in range(nseg):
-        if seg_len_t is uint32_t:
-            if lens[k] == 0:
-                bad[0] = k
-                return A_LEN
-        else:
-            if lens[k] < 1 or lens[k] > <long long>U32_MAX:
-                bad[0] = k
-                return A_LEN
-        if wr[k]:
-            seen_w = True
-            wlen += <uint64_t>lens[k]
-        elif seen_w:
+        code = drv_check_buffer(m, addrs[k], lens[k], wr[k], &seen_w, &wlen)
+        if code:
             bad[0] = k
-            return A_ORDER
-        if not mem_contains(m, addrs[k], <uint64_t>lens[k]):
-            bad[0] = k
-            return A_ADDR
+            return <int>code
         last = k == nseg - 1
         d.addr = addrs[k]
         d.len = <uint32_t>lens[k]
@@ -1567,7 +1559,7 @@ cdef inline int drv_reap_one(SplitDrv *q, uint16_t *head, uint32_t *written, uin
 cdef inline void drv_after_reap(SplitDrv *q) noexcept nogil:
     if q.event_idx and q.interrupts_enabled:
         if q.packed:  # driver event suppression: the next used descriptor, in its lap
-            pk_set_event(<unsigned char *>q.avail, q.last_used | (q.used_wrap << 15), EVENT_DESC)
+            pk_arm_event(<unsigned char *>q.avail, True, q.last_used, q.used_wrap)
         else:
             vring_write_shared_u16(&q.avail[2 + q.size], q.last_used)  # avail->used_event
 
@@ -1732,7 +1724,6 @@ cdef class DriverQueue:
         self.q.avail_wrap = 1
         self.q.used_wrap = 1
         self.q.added = 0
-        self.q.slots_in_flight = 0
         self.q.order_head = self.q.order_len = 0
         self.q.skip_head = self.q.skip_count = 0
         self.broken = False
@@ -2041,10 +2032,7 @@ cdef class DriverQueue:
         self._check()
         self.q.interrupts_enabled = True
         if self.q.packed:
-            if self.q.event_idx:
-                pk_set_event(<unsigned char *>self.q.avail, self.q.last_used | (self.q.used_wrap << 15), EVENT_DESC)
-            else:
-                pk_set_event(<unsigned char *>self.q.avail, 0, EVENT_ENABLE)
+            pk_arm_event(<unsigned char *>self.q.avail, self.q.event_idx, self.q.last_used, self.q.used_wrap)
             vring_fence_store_then_check()
             return self.q.skip_count > 0 or pk_is_used(pk_flags(self.q.desc, self.q.last_used), self.q.used_wrap)
         if self.q.event_idx:

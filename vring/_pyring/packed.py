@@ -49,6 +49,20 @@ def _avail_bits(wrap: int) -> int:
     return PACKED_DESC_F_AVAIL if wrap else PACKED_DESC_F_USED
 
 
+def _advance(pos: int, wrap: int, n: int, size: int) -> tuple[int, int]:
+    """(position, wrap counter) ``n`` slots on: the counter flips each time the ring's end is passed."""
+    pos += n
+    return (pos - size, wrap ^ 1) if pos >= size else (pos, wrap)
+
+
+def _arm_event(event16: memoryview, event_idx: bool, pos: int, wrap: int) -> None:
+    """Ask the other side to notify: at slot ``pos`` of lap ``wrap`` with EVENT_IDX, else on every change."""
+    if event_idx:
+        _set_event(event16, pos | wrap << 15, EVENT_FLAG_DESC)
+    else:
+        _set_event(event16, 0, EVENT_FLAG_ENABLE)
+
+
 def _is_avail(flags: int, wrap: int) -> bool:
     return bool(flags & PACKED_DESC_F_AVAIL) == bool(wrap) and bool(flags & PACKED_DESC_F_USED) != bool(wrap)
 
@@ -118,7 +132,7 @@ class PackedDeviceQueue(DeviceQueue):
         count, pos, wrap = 0, self.last_avail_idx, self.avail_wrap
         while count < self.size and _is_avail(self._flags(rings, pos), wrap):
             count += 1
-            pos, wrap = (pos + 1, wrap) if pos + 1 < self.size else (0, wrap ^ 1)
+            pos, wrap = _advance(pos, wrap, 1, self.size)
         return count
 
     @staticmethod
@@ -162,7 +176,7 @@ class PackedDeviceQueue(DeviceQueue):
                 seen_writable)
             if not flags & DESC_F_NEXT:
                 break
-            pos, wrap = (pos + 1, wrap) if pos + 1 < size else (0, wrap ^ 1)
+            pos, wrap = _advance(pos, wrap, 1, size)
         if buffer_id >= size:
             raise self._fail(chain_error("buffer-id-out-of-range", head_pos, pos, False, buffer_id, size))
         if self._inflight[buffer_id]:
@@ -178,16 +192,13 @@ class PackedDeviceQueue(DeviceQueue):
         self._inflight[chain.head] = 1
         self._inflight_wlen[chain.head] = chain.writable_len
         self._ndesc[chain.head] = self._peeked_ndesc
-        pos = self.last_avail_idx + self._peeked_ndesc
-        if pos >= self.size:
-            pos -= self.size
-            self.avail_wrap ^= 1
-        self.last_avail_idx = pos
+        self.last_avail_idx, self.avail_wrap = _advance(self.last_avail_idx, self.avail_wrap, self._peeked_ndesc,
+                                                        self.size)
 
     def _after_pop(self, rings: _Rings) -> None:
         # With EVENT_IDX, ask for a kick once the driver passes what we consumed (as the split ring does).
         if self._event_idx and self._notify_enabled:
-            _set_event(rings.used16, self.last_avail_idx | self.avail_wrap << 15, EVENT_FLAG_DESC)
+            _arm_event(rings.used16, True, self.last_avail_idx, self.avail_wrap)
 
     def _put_used(self, rings: _Rings, head: int, written: int) -> None:
         # The used descriptor: id and len first, then flags (AVAIL = USED = our wrap counter), release.
@@ -196,11 +207,7 @@ class PackedDeviceQueue(DeviceQueue):
         _ID_LEN.pack_into(rings.desc, DESC_SIZE * pos + 8, written, head)
         rings.desc16[8 * pos + 7] = flags  # desc[pos].flags, release
         self._inflight[head] = 0
-        pos += self._ndesc[head]
-        if pos >= self.size:
-            pos -= self.size
-            self.used_wrap ^= 1
-        self.used_idx = pos
+        self.used_idx, self.used_wrap = _advance(pos, self.used_wrap, self._ndesc[head], self.size)
         self._pushed += self._ndesc[head]
 
     def _publish_used(self, rings: _Rings) -> None:
@@ -222,10 +229,7 @@ class PackedDeviceQueue(DeviceQueue):
     def enable_notifications(self) -> bool:
         rings = self._check()
         self._notify_enabled = True
-        if self._event_idx:
-            _set_event(rings.used16, self.last_avail_idx | self.avail_wrap << 15, EVENT_FLAG_DESC)
-        else:
-            _set_event(rings.used16, 0, EVENT_FLAG_ENABLE)
+        _arm_event(rings.used16, self._event_idx, self.last_avail_idx, self.avail_wrap)
         # full fence: the store above is visible before we look at the next descriptor again.
         return _is_avail(self._flags(rings, self.last_avail_idx), self.avail_wrap)
 
@@ -251,12 +255,8 @@ class PackedDriverQueue(DriverQueue):
         self.avail_wrap = 1
         self.used_wrap = 1
         self._added = 0  # slots made available since the last kick_needed
-        self._slots_in_flight = 0
         self._order: deque[int] = deque()  # buffer ids in the order they were made available (IN_ORDER)
         self._skipped: deque[tuple[int, int]] = deque()  # in-order completions implied by a later used id
-
-    def _needed(self, nseg: int) -> int:
-        return 1 if self._indirect_for(nseg) else nseg
 
     def _add(self, rings: _Rings, segs: list[tuple[int, int, bool]]) -> int:
         nseg = len(segs)
@@ -285,19 +285,14 @@ class PackedDriverQueue(DriverQueue):
                     head = (addr, length, buffer_id, flags)
                 else:  # the rest of the chain goes in first, flags and all
                     _PDESC.pack_into(rings.desc, DESC_SIZE * pos, addr, length, buffer_id, flags | _avail_bits(wrap))
-                pos, wrap = (pos + 1, wrap) if pos + 1 < self.size else (0, wrap ^ 1)
+                pos, wrap = _advance(pos, wrap, 1, self.size)
         addr, length, _, flags = head
         _PDESC_BODY.pack_into(rings.desc, DESC_SIZE * head_pos, addr, length, buffer_id)
         # desc[head].flags last, release: this makes the whole chain available.
         rings.desc16[8 * head_pos + 7] = flags | _avail_bits(head_wrap)
-        pos = head_pos + needed
-        if pos >= self.size:
-            pos -= self.size
-            self.avail_wrap ^= 1
-        self.avail_idx = pos
+        self.avail_idx, self.avail_wrap = _advance(head_pos, head_wrap, needed, self.size)
         self.num_free -= needed
         self._added += needed
-        self._slots_in_flight += needed
         self._ndesc[buffer_id] = needed
         self._wlen[buffer_id] = wlen
         self._inflight[buffer_id] = 1
@@ -325,7 +320,7 @@ class PackedDriverQueue(DriverQueue):
         _addr, written, buffer_id, flags = _PDESC.unpack_from(rings.desc, DESC_SIZE * pos)  # once
         if not flags & DESC_F_WRITE:
             written = 0  # spec 2.8.4: the length of a used descriptor without WRITE is reserved, ignored
-        if not self._slots_in_flight:
+        if self.num_free == self.size:  # no slot in flight
             raise self._fail(used_error("used-wrap", pos, flags))
         if buffer_id >= self.size:
             raise self._fail(used_error("used-id-out-of-range", pos, buffer_id, self.size))
@@ -350,20 +345,16 @@ class PackedDriverQueue(DriverQueue):
 
     def _retire(self, buffer_id: int) -> None:
         """The buffer's slots are free again, and its id."""
-        pos = self.last_used_idx + self._ndesc[buffer_id]
-        if pos >= self.size:
-            pos -= self.size
-            self.used_wrap ^= 1
-        self.last_used_idx = pos
+        self.last_used_idx, self.used_wrap = _advance(self.last_used_idx, self.used_wrap, self._ndesc[buffer_id],
+                                                      self.size)
         self.num_free += self._ndesc[buffer_id]
-        self._slots_in_flight -= self._ndesc[buffer_id]
         self._inflight[buffer_id] = 0
         self._next[buffer_id] = self._free_head
         self._free_head = buffer_id
 
     def _after_reap(self, rings: _Rings) -> None:
         if self._event_idx and self._interrupts_enabled:
-            _set_event(rings.avail16, self.last_used_idx | self.used_wrap << 15, EVENT_FLAG_DESC)
+            _arm_event(rings.avail16, True, self.last_used_idx, self.used_wrap)
 
     def disable_interrupts(self) -> None:
         rings = self._check()
@@ -373,10 +364,7 @@ class PackedDriverQueue(DriverQueue):
     def enable_interrupts(self) -> bool:
         rings = self._check()
         self._interrupts_enabled = True
-        if self._event_idx:
-            _set_event(rings.avail16, self.last_used_idx | self.used_wrap << 15, EVENT_FLAG_DESC)
-        else:
-            _set_event(rings.avail16, 0, EVENT_FLAG_ENABLE)
+        _arm_event(rings.avail16, self._event_idx, self.last_used_idx, self.used_wrap)
         # full fence: the store above is visible before we look at the next used descriptor again.
         return bool(self._skipped) or _is_used(self._flags(rings, self.last_used_idx), self.used_wrap)
 

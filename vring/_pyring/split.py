@@ -574,7 +574,6 @@ class DriverQueue(_Queue):
             if self.num_free < self._needed(len(segs)):
                 break
             head = self._add(rings, segs)
-            self._tokens[head] = None
             if heads is not None:
                 heads[done] = head
             start += count
@@ -598,9 +597,7 @@ class DriverQueue(_Queue):
                     break
                 segs = [(int(batch.seg_addr[i]), int(batch.seg_len[i]), bool(batch.seg_writable[i]))
                         for i in range(start, start + nseg)]
-                head = self._add(rings, segs)
-                self._tokens[head] = None
-                batch.heads[k] = head
+                batch.heads[k] = self._add(rings, segs)
                 start += nseg
                 done += 1
         finally:
@@ -620,7 +617,7 @@ class DriverQueue(_Queue):
         indirect = self._indirect_for(nseg)
         if not indirect and nseg > self.size:
             raise ValueError(f"a chain of {nseg} buffers is longer than the queue size {self.size}")
-        needed = 1 if indirect else nseg
+        needed = self._needed(nseg)
         if self.num_free < needed:
             raise QueueFull(f"{needed} descriptors needed, {self.num_free} free")
         return indirect, needed
