@@ -69,7 +69,7 @@ def _device(impl, fd: int, mode: str, copy: bool, kick: int, call: int) -> None:
             continue
         if copy:
             starts = batch.seg_start[:n].tolist()
-            addrs = batch.seg_addr.tolist()
+            addrs = batch.seg_addr[:batch.seg_start[n]].tolist()  # the segments popped, not the whole array
             for s in starts:
                 data = addrs[s + 1]  # header, data, status: the data buffer is the second segment
                 ram[data:data + 4096] = image
