@@ -80,7 +80,6 @@ class Connection:
         self.vrings = [Vring(i) for i in range(device.num_queues)]
         self.selector = selectors.DefaultSelector()
         self.selector.register(sock, selectors.EVENT_READ, None)
-        self.owner = False
 
     # -- the loop ------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -177,16 +176,13 @@ class Connection:
                  "|".join(f.name or "" for f in ProtocolFeature if f & features) or "none")
 
     def _on_set_owner(self, msg: Message) -> None:
-        self._expect(msg, 0)
-        self.owner = True
+        self._expect(msg, 0)  # this connection is its session: nothing to record
 
     def _on_reset_owner(self, msg: Message) -> None:
         self._expect(msg, 0)
         self._reset()
 
-    def _on_reset_device(self, msg: Message) -> None:
-        self._expect(msg, 0)
-        self._reset()
+    _on_reset_device = _on_reset_owner  # the same for a back-end with no state outside its rings
 
     def _reset(self) -> None:
         for vring in self.vrings:
