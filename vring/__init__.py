@@ -1,4 +1,4 @@
-"""vring: virtio virtqueues (split rings, driver and device side) over raw shared memory.
+"""vring: virtio virtqueues (split and packed rings, driver and device side) over raw shared memory.
 
 The engine comes in two twins with the same classes and behaviour: ``vring._cring`` (Cython, the default) and
 ``vring._pyring`` (pure Python, the reference). ``VRING_PUREPYTHON=1`` forces the pure-Python one;
@@ -20,7 +20,8 @@ from ._errors import (
     VringError,
 )
 from ._features import ENGINE_FEATURES, Feature, need_event
-from ._layout import PackedLayout, SplitLayout
+from ._factory import contiguous_bytes, contiguous_layout, create_device_queue, create_driver_queue
+from ._layout import PackedLayout, RingLayout, SplitLayout, area_bytes, ring_layout
 from ._state import QueueState
 from ._version import __version__
 
@@ -67,6 +68,13 @@ __all__ = [
     "QueueState",
     "SplitLayout",
     "VringError",
+    "RingLayout",
     "__version__",
+    "area_bytes",
+    "contiguous_bytes",
+    "contiguous_layout",
+    "create_device_queue",
+    "create_driver_queue",
     "need_event",
+    "ring_layout",
 ]

@@ -27,8 +27,8 @@ from ._errors import (
 from ._features import DEFAULT_MAX_INDIRECT, Feature
 from ._layout import PackedLayout
 from ._state import QueueState
-from ._pyring import batch as _pybatch
-from ._pyring.memory import as_byte_view, map_fd
+from ._batch import BatchMethods, batch_arrays
+from ._buffers import as_byte_view, map_fd
 
 cnp.import_array()
 
@@ -403,7 +403,7 @@ cdef class Batch:
     """
 
     def __init__(self, capacity, max_segments=None):
-        self.capacity, self.max_segments, arrays = _pybatch.batch_arrays(capacity, max_segments)
+        self.capacity, self.max_segments, arrays = batch_arrays(capacity, max_segments)
         self.count = 0
         (self.heads, self.lens, self.nsegs, self.seg_start, self.readable_len, self.writable_len, self.seg_addr,
          self.seg_len, self.seg_writable) = arrays
@@ -418,8 +418,8 @@ cdef class Batch:
         self.seg_writable_p = <uint8_t *>cnp.PyArray_DATA(self.seg_writable)
 
     # Not on any hot path: the pure-Python twin's code serves both.
-    set_chains = _pybatch.Batch.set_chains
-    segments = _pybatch.Batch.segments
+    set_chains = BatchMethods.set_chains
+    segments = BatchMethods.segments
 
 
 # ---------------------------------------------------------------------------------------------------------------

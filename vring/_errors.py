@@ -164,3 +164,57 @@ def used_error(reason: str, position: int, a: int = 0, b: int = 0) -> MalformedU
 def broken_error(side: str, cause: VringError | None) -> QueueBroken:
     why = f": {cause}" if cause is not None else ""
     return QueueBroken(f"{side} queue is broken{why}; reset() it to use it again")
+
+
+# What a caller of the engine (not the other side of the ring) did wrong: the exception class and its wording,
+# one entry per check, so that both twins raise the same error with the same text. None of these breaks a queue.
+CALLER_ERRORS: dict[str, tuple[type[Exception], str]] = {
+    # Guest memory
+    "region-size": (AddressError, "region size {size} is not positive"),
+    "region-range": (AddressError, "region {gpa!r} (+{size}) is empty or not a 64-bit guest-physical range"),
+    "region-overlap": (AddressError, "region {gpa:#x} (+{size:#x}) overlaps region {other:#x} (+{other_size:#x})"),
+    "no-region": (AddressError, "no region starts at {gpa:#x}"),
+    "range": (AddressError, "range {gpa:#x} (+{length}) is not a 64-bit guest-physical range"),
+    "outside-memory": (AddressError, "guest-physical address {gpa:#x} is outside guest memory"),
+    "spans-regions": (AddressError, "range {gpa:#x} (+{length}) spans {count} regions; use views()"),
+    "memory-readonly": (TypeError, "guest memory must be writable"),
+    "memory-strided": (TypeError, "guest memory must be C-contiguous"),
+    # Queue construction and state
+    "layout-kind": (LayoutError, "a {kind} queue needs a {layout}, not a {given}"),
+    "max-indirect": (ValueError, "max_indirect must be at least 1"),
+    "indirect-max": (ValueError, "indirect_max must be between 1 and {limit}"),
+    "indirect-threshold": (ValueError, "indirect_threshold must be at least 1"),
+    "state-range": (ValueError, "state {state} is outside a ring of {size}"),
+    # Driver side: adding chains
+    "empty-chain": (ValueError, "a chain needs at least one buffer"),
+    "chain-longer-than-queue": (ValueError, "a chain of {nseg} buffers is longer than the queue size {size}"),
+    "no-free-descriptors": (QueueFull, "{needed} descriptors needed, {free} free"),
+    "buffer-length": (ValueError, "buffer length {length} is not between 1 and 2**32 - 1"),
+    "buffer-order": (ValueError, "device-readable buffers must come before device-writable ones"),
+    "buffer-outside-memory": (AddressError, "buffer {addr:#x} (+{length}) is outside guest memory"),
+    "writable-too-large": (ValueError, "the chain's writable length exceeds 2**32 - 1"),
+    "segment-arrays": (ValueError, "addrs, lens and writable differ in length"),
+    "segments-uneven": (ValueError, "the segments do not split into chains of chain_segs each"),
+    "segments-total": (ValueError, "chain_segs does not add up to the number of segments"),
+    "heads-short": (ValueError, "heads is shorter than the number of chains"),
+    "lens-short": (ValueError, "lens is shorter than heads"),
+    # Device side: returning chains
+    "head-not-held": (ValueError, "head {head} is not a chain the device holds"),
+    "written-too-large": (ValueError, "written length {written} exceeds the chain's {writable} writable bytes"),
+    "push-lengths": (ValueError, "heads and lens differ in length"),
+    "pushed-twice": (ValueError, "head {head} is pushed twice in one batch"),
+    # Batches
+    "batch-capacity": (ValueError, "a batch holds at least one chain"),
+    "batch-segments": (ValueError, "a batch holds at least one segment"),
+    "batch-count": (ValueError, "count {count} is outside the batch's capacity {capacity}"),
+    "batch-chain-segments": (ValueError, "chain {chain} runs past the batch's {max_segments} segments"),
+    "batch-chain-too-long": (ValueError, "a chain of {nseg} segments does not fit a batch of {max_segments} segments"),
+    "batch-set-chains": (ValueError, "{count} chains of {per} segments do not fit the batch"),
+    "batch-index": (IndexError, "chain {chain} is not in the batch ({count} chains)"),
+}
+
+
+def caller_error(check: str, **values: object) -> Exception:
+    """The exception for a caller's mistake ``check`` (a key of CALLER_ERRORS), worded with ``values``."""
+    cls, text = CALLER_ERRORS[check]
+    return cls(text.format(**values))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 from ._errors import LayoutError
-from ._features import DESC_SIZE, MAX_QUEUE_SIZE
+from ._features import DESC_SIZE, MAX_QUEUE_SIZE, Feature
 
 _U64 = (1 << 64) - 1
+EVENT_BYTES = 4  # struct pvirtq_event_suppress
 
 
 def check_queue_size(size: int) -> None:
@@ -55,13 +57,40 @@ class SplitLayout:
     def desc_bytes(self) -> int:
         return DESC_SIZE * self.size
 
+    @staticmethod
+    def avail_bytes_for(size: int) -> int:
+        return 6 + 2 * size  # flags, idx, ring[size], used_event
+
+    @staticmethod
+    def used_bytes_for(size: int) -> int:
+        return 6 + 8 * size  # flags, idx, ring[size] of {id, len}, avail_event
+
     @property
     def avail_bytes(self) -> int:
-        return 6 + 2 * self.size  # flags, idx, ring[size], used_event
+        return self.avail_bytes_for(self.size)
 
     @property
     def used_bytes(self) -> int:
-        return 6 + 8 * self.size  # flags, idx, ring[size] of {id, len}, avail_event
+        return self.used_bytes_for(self.size)
+
+    @property
+    def used_event_addr(self) -> int:
+        """Where the avail ring's trailing used_event lives (EVENT_IDX: the driver asks for an interrupt there)."""
+        return self.avail + 4 + 2 * self.size
+
+    @property
+    def avail_event_addr(self) -> int:
+        """Where the used ring's trailing avail_event lives (EVENT_IDX: the device asks for a kick there)."""
+        return self.used + 4 + 8 * self.size
+
+    # The spec's generic names of the three areas (2.6 "Virtqueues"), the same for both layouts.
+    @property
+    def driver_area(self) -> int:
+        return self.avail
+
+    @property
+    def device_area(self) -> int:
+        return self.used
 
     def areas(self) -> list[tuple[int, int]]:
         """(guest-physical address, length) of the descriptor table, avail ring and used ring."""
@@ -71,7 +100,8 @@ class SplitLayout:
     def contiguous_bytes(size: int, align: int = 4096) -> int:
         """Bytes a legacy single-area ring of ``size`` entries needs (the legacy interface's vring_size)."""
         check_queue_size(size)
-        return _align_up(DESC_SIZE * size + 2 * (3 + size), align) + 2 * 3 + 8 * size
+        desc_and_avail = DESC_SIZE * size + SplitLayout.avail_bytes_for(size)
+        return _align_up(desc_and_avail, align) + SplitLayout.used_bytes_for(size)
 
     @classmethod
     def contiguous(cls, size: int, base: int, align: int = 4096) -> "SplitLayout":
@@ -80,7 +110,7 @@ class SplitLayout:
         if align < 4 or align & (align - 1):
             raise LayoutError(f"alignment {align} is not a power of two >= 4", "ring-alignment")
         avail = base + DESC_SIZE * size
-        used = _align_up(avail + 2 * (3 + size), align)
+        used = _align_up(avail + cls.avail_bytes_for(size), align)
         return cls(size, base, avail, used)
 
 
@@ -98,21 +128,51 @@ class PackedLayout:
         if not isinstance(self.size, int) or not 1 <= self.size <= MAX_QUEUE_SIZE:
             raise LayoutError(f"packed queue size {self.size!r} is not between 1 and {MAX_QUEUE_SIZE}", "queue-size")
         _check_areas((("descriptor ring", self.desc, 16, self.desc_bytes), ("driver event area",
-                      self.driver_event, 4, 4), ("device event area", self.device_event, 4, 4)))
+                      self.driver_event, 4, EVENT_BYTES), ("device event area", self.device_event, 4, EVENT_BYTES)))
 
     @property
     def desc_bytes(self) -> int:
         return DESC_SIZE * self.size
 
+    # Each event area is a struct pvirtq_event_suppress: le16 off_wrap (desc_event_off | wrap << 15), le16 flags.
+    driver_event_bytes = EVENT_BYTES
+    device_event_bytes = EVENT_BYTES
+
+    @property
+    def driver_area(self) -> int:
+        return self.driver_event
+
+    @property
+    def device_area(self) -> int:
+        return self.device_event
+
     def areas(self) -> list[tuple[int, int]]:
         """(guest-physical address, length) of the descriptor ring, driver and device event areas."""
-        return [(self.desc, self.desc_bytes), (self.driver_event, 4), (self.device_event, 4)]
+        return [(self.desc, self.desc_bytes), (self.driver_event, EVENT_BYTES), (self.device_event, EVENT_BYTES)]
 
     @staticmethod
     def contiguous_bytes(size: int) -> int:
-        return DESC_SIZE * size + 8
+        return DESC_SIZE * size + 2 * EVENT_BYTES
 
     @classmethod
     def contiguous(cls, size: int, base: int) -> "PackedLayout":
         """Descriptor ring at ``base``, then the driver and the device event structures."""
-        return cls(size, base, base + DESC_SIZE * size, base + DESC_SIZE * size + 4)
+        return cls(size, base, base + DESC_SIZE * size, base + DESC_SIZE * size + EVENT_BYTES)
+
+
+RingLayout = Union[SplitLayout, PackedLayout]
+
+
+def ring_layout(features: int, size: int, desc: int, driver_area: int, device_area: int) -> RingLayout:
+    """The layout the negotiated ``features`` call for (RING_PACKED or not), from the spec's three areas:
+    descriptor area, driver area (avail ring / driver event suppression), device area (used ring / device event
+    suppression)."""
+    cls = PackedLayout if features & Feature.RING_PACKED else SplitLayout
+    return cls(size, desc, driver_area, device_area)
+
+
+def area_bytes(features: int, size: int) -> tuple[int, int, int]:
+    """Bytes of the descriptor, driver and device areas of a ring of ``size`` under ``features``."""
+    if features & Feature.RING_PACKED:
+        return DESC_SIZE * size, EVENT_BYTES, EVENT_BYTES
+    return DESC_SIZE * size, SplitLayout.avail_bytes_for(size), SplitLayout.used_bytes_for(size)

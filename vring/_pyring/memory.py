@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import mmap
 from typing import Any, NamedTuple
 
+from .._buffers import as_byte_view, map_fd
 from .._errors import AddressError
 
 _U64 = (1 << 64) - 1
@@ -15,23 +15,6 @@ class Region(NamedTuple):
     size: int
     view: memoryview  # writable, C-contiguous, format "B"
     owner: Any  # what keeps the memory alive (the caller's buffer, or the mmap we made)
-
-
-def as_byte_view(buffer: Any) -> memoryview:
-    """A writable, flat byte view of any object with the buffer protocol (refuses read-only or strided ones)."""
-    view = memoryview(buffer)
-    if view.readonly:
-        raise TypeError("guest memory must be writable")
-    if not view.c_contiguous:
-        raise TypeError("guest memory must be C-contiguous")
-    return view.cast("B") if (view.format != "B" or view.ndim != 1) else view
-
-
-def map_fd(fd: int, size: int, offset: int) -> tuple[mmap.mmap, memoryview]:
-    """Map ``size`` bytes of ``fd`` from ``offset``, shared and writable: (the mapping, a view of those bytes)."""
-    delta = offset % mmap.ALLOCATIONGRANULARITY  # mmap wants a page-aligned offset: map from the page start
-    mapping = mmap.mmap(fd, size + delta, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=offset - delta)
-    return mapping, memoryview(mapping)[delta:delta + size]
 
 
 class GuestMemory:
