@@ -17,7 +17,7 @@ import struct
 from typing import Any
 
 from .._chainio import scatter
-from ..device import ConfigError, VirtioDevice
+from ..device import Chain, ConfigError, VirtioDevice
 
 log = logging.getLogger("vring.blk")
 
@@ -119,7 +119,7 @@ class BlkDevice(VirtioDevice):
         raise ConfigError(f"virtio-blk config is read-only at offset {offset} (+{len(data)})")
 
     # -- requests ------------------------------------------------------------------------------------------
-    def handle(self, queue: int, chain: Any) -> int:
+    def handle(self, queue: int, chain: Chain) -> int:
         """Serve one request; every error becomes a status byte, never an exception or a stopped device."""
         writable = chain.writable
         if chain.writable_len < 1:
