@@ -1,9 +1,10 @@
-"""virtio-blk (spec 5.2 "Block Device"): the wire format and a file-backed device.
+"""virtio-blk (spec 5.2 "Block Device"): the wire format, a request parsed from a chain, and a file-backed device.
 
 A request is a chain: a 16-byte header {le32 type; le32 reserved; le64 sector} the device reads, data (read or
-written by the device, by type), and a status byte the device writes last. Data moves between the image and guest
-memory with ``os.preadv`` / ``os.pwritev`` straight into the chain's memoryviews: no Python-level copy. The driver
-side (``BlkClient``) has its own package and takes the wire format from here.
+written by the device, by type), and a status byte the device writes last. ``Request.parse`` finds these in a chain
+without any I/O; ``BlkDevice`` serves it, moving data between the image and guest memory with ``os.preadv`` /
+``os.pwritev`` straight into the chain's memoryviews: no Python-level copy. The driver side (``BlkClient``) has
+its own package and takes the wire format from here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import os
 import stat
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 from .._chainio import scatter
@@ -43,6 +45,8 @@ FEATURE_NAMES = {F_SIZE_MAX: "SIZE_MAX", F_SEG_MAX: "SEG_MAX", F_GEOMETRY: "GEOM
 
 # Request types and status values (5.2.6).
 T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
+DEVICE_WRITES_DATA = (T_IN, T_GET_ID)  # data is the writable part before the status byte
+DEVICE_READS_DATA = (T_OUT, T_DISCARD, T_WRITE_ZEROES)  # data is the readable part after the header
 S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
 STATUS_NAMES = {S_OK: "OK", S_IOERR: "IOERR", S_UNSUPP: "UNSUPP"}
 ID_BYTES = 20
@@ -69,6 +73,61 @@ try:
     _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 except (OSError, AttributeError):  # pragma: no cover - not Linux
     _fallocate = None
+
+
+class RequestError(ValueError):
+    """A chain that cannot be a virtio-blk request."""
+
+
+class NoStatusByte(RequestError):
+    """The chain has no device-writable byte: there is nowhere to put a status."""
+
+    def __init__(self) -> None:
+        super().__init__("the request has no device-writable status byte")
+
+
+class ShortHeader(RequestError):
+    """The device-readable part is shorter than the request header; the status byte can still answer."""
+
+    def __init__(self, length: int, status: memoryview) -> None:
+        super().__init__(f"the request header is {length} bytes, not {HEADER.size}")
+        self.length = length
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One virtio-blk request, found in a chain (as rust-vmm's virtio-blk ``Request::parse``).
+
+    ``data`` holds the views the request moves data through, ``data_len`` bytes: the device-writable ones before
+    the status byte for reads and get-id, the device-readable ones after the header for writes, discards and
+    write-zeroes, none for flush and unknown types. ``status`` is the one-byte view the device answers in.
+    """
+
+    request_type: int
+    sector: int
+    data: list[memoryview]
+    data_len: int
+    status: memoryview
+
+    @classmethod
+    def parse(cls, chain: Chain) -> Request:
+        """The request ``chain`` carries: its status byte is the chain's last writable byte (it may end a data
+        buffer), its header the first 16 readable bytes (they may straddle buffers or start one). NoStatusByte or
+        ShortHeader if there is no such byte or header; the type is not checked here (the device answers an
+        unknown one UNSUPP)."""
+        if chain.writable_len < 1:
+            raise NoStatusByte()
+        status, writable_data = _split_last_byte(chain.writable)
+        if chain.readable_len < HEADER.size:
+            raise ShortHeader(chain.readable_len, status)
+        header, readable_data = _split_first(chain.readable, HEADER.size)
+        request_type, _reserved, sector = HEADER.unpack(header)
+        if request_type in DEVICE_WRITES_DATA:
+            return cls(request_type, sector, writable_data, chain.writable_len - 1, status)
+        if request_type in DEVICE_READS_DATA:
+            return cls(request_type, sector, readable_data, chain.readable_len - HEADER.size, status)
+        return cls(request_type, sector, [], 0, status)
 
 
 class BlkDevice(VirtioDevice):
@@ -121,36 +180,32 @@ class BlkDevice(VirtioDevice):
     # -- requests ------------------------------------------------------------------------------------------
     def handle(self, queue: int, chain: Chain) -> int:
         """Serve one request; every error becomes a status byte, never an exception or a stopped device."""
-        writable = chain.writable
-        if chain.writable_len < 1:
+        try:
+            request = Request.parse(chain)
+        except NoStatusByte:
             log.warning("queue %d: request %d has no status byte; completed without an answer", queue, chain.head)
             return 0
-        status_view, data_in = _split_last_byte(writable)
-        if chain.readable_len < HEADER.size:
-            log.warning("queue %d: request %d header is %d bytes, not %d", queue, chain.head, chain.readable_len,
+        except ShortHeader as exc:
+            log.warning("queue %d: request %d header is %d bytes, not %d", queue, chain.head, exc.length,
                         HEADER.size)
-            status_view[0] = S_IOERR
+            exc.status[0] = S_IOERR
             return 1
-        readable = chain.readable
-        header, data_out = _split_first(readable, HEADER.size)
-        rtype, _reserved, sector = HEADER.unpack(header)
-        status, written = self._serve(rtype, sector, data_out, data_in, chain.readable_len - HEADER.size,
-                                      chain.writable_len - 1)
-        status_view[0] = status
+        status, written = self._serve(request)
+        request.status[0] = status
         return written + 1
 
-    def _serve(self, rtype: int, sector: int, data_out: list[memoryview], data_in: list[memoryview],
-               out_len: int, in_len: int) -> tuple[int, int]:
-        """(status, bytes written into data_in)."""
+    def _serve(self, request: Request) -> tuple[int, int]:
+        """(status, bytes written into the request's data)."""
+        rtype, sector, data, length = request.request_type, request.sector, request.data, request.data_len
         try:
             if rtype == T_IN:
-                if not self._range_ok(sector, in_len):
+                if not self._range_ok(sector, length):
                     return S_IOERR, 0
-                return S_OK, self._preadv(data_in, sector * SECTOR, in_len)
+                return S_OK, self._preadv(data, sector * SECTOR, length)
             if rtype == T_OUT:
-                if self.read_only or not self._range_ok(sector, out_len):
+                if self.read_only or not self._range_ok(sector, length):
                     return S_IOERR, 0
-                self._pwritev(data_out, sector * SECTOR, out_len)
+                self._pwritev(data, sector * SECTOR, length)
                 if not self.writeback:
                     os.fdatasync(self.fd)
                 return S_OK, 0
@@ -159,15 +214,15 @@ class BlkDevice(VirtioDevice):
                     os.fdatasync(self.fd)
                 return S_OK, 0
             if rtype == T_GET_ID:
-                if in_len < 1:
+                if length < 1:
                     return S_IOERR, 0
-                ident = self.serial[:min(in_len, ID_BYTES)]
-                ident = ident + bytes(min(in_len, ID_BYTES) - len(ident))  # NUL-padded, as the spec says
-                return S_OK, scatter(data_in, ident)
+                ident = self.serial[:min(length, ID_BYTES)]
+                ident = ident + bytes(min(length, ID_BYTES) - len(ident))  # NUL-padded, as the spec says
+                return S_OK, scatter(data, ident)
             if rtype in (T_DISCARD, T_WRITE_ZEROES):
                 if self.read_only:
                     return S_IOERR, 0
-                return self._discard_or_zero(rtype, b"".join(bytes(v) for v in data_out)), 0
+                return self._discard_or_zero(rtype, b"".join(bytes(v) for v in data)), 0
             return S_UNSUPP, 0
         except OSError as exc:
             log.warning("I/O error on %s: %s", self.path, exc)
