@@ -20,7 +20,7 @@ from typing import Iterator
 import pytest
 
 from vring._features import Feature
-from vring.devices.net import MAX_FRAME, NetClient
+from vring.drivers.net import MAX_FRAME, NetClient
 from vring.vhost_user.frontend import BackendError, Frontend
 
 from backends import _stop, _wait_for_socket, require

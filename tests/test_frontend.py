@@ -15,7 +15,7 @@ import pytest
 
 import vring
 from vring import MalformedUsed
-from vring.devices.blk import BlkClient
+from vring.drivers.blk import BlkClient
 from vring.vhost_user.frontend import Allocator, BackendError, Frontend
 from vring.vhost_user.protocol import FLAG_REPLY, U64, VERSION, Request, recv_message
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from vring import Feature
-from vring.devices.blk import S_IOERR, BlkClient, BlkError
+from vring.devices.blk import S_IOERR
+from vring.drivers.blk import BlkClient, BlkError
 from vring.vhost_user.frontend import Frontend
 
 from backends import BACKENDS

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from vring.devices.blk import BlkClient
+from vring.drivers.blk import BlkClient
 from vring.vhost_user.frontend import BackendError, Frontend
 from vring.vhost_user.protocol import (
     CONFIG_HEAD, HEADER, MEM_REGION, MEM_TABLE_HEAD, U64, VRING_ADDR, VRING_STATE, Request, send_message,

@@ -3,12 +3,16 @@
 A device says who it is (``device_id``), what it offers (``device_features``), how many queues it has, what its
 config space holds, and how it serves one popped chain (``handle``). Transports (vhost-user, in-process) do the
 rest: feature negotiation, status, queues, notifications.
+
+``Chain`` and ``DeviceQueue`` are the engine as device code sees it: the members of either twin's chain and device
+queue (split or packed) that the device API, the devices and the serve loop use, so that mypy checks device code
+against the engine without tying it to one twin.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 from ._errors import VringError
 from ._features import ENGINE_FEATURES, Feature
@@ -22,6 +26,64 @@ DRIVER_OK = 4
 FEATURES_OK = 8
 DEVICE_NEEDS_RESET = 64
 FAILED = 128
+
+
+@runtime_checkable
+class Chain(Protocol):
+    """One descriptor chain popped by the device: its head, and its buffers as views into guest memory."""
+
+    @property
+    def head(self) -> int:
+        """The chain's id (split: its head descriptor; packed: its buffer id), what ``push_many`` takes back."""
+
+    @property
+    def readable(self) -> list[memoryview]:
+        """The device-readable buffers, in chain order (a buffer across two regions is two views)."""
+
+    @property
+    def writable(self) -> list[memoryview]:
+        """The device-writable buffers, in chain order; they follow every readable one."""
+
+    @property
+    def readable_len(self) -> int:
+        """Bytes in ``readable``."""
+
+    @property
+    def writable_len(self) -> int:
+        """Bytes in ``writable``."""
+
+    @property
+    def segments(self) -> list[tuple[int, int, bool]]:
+        """(guest-physical address, length, device-writable) of every buffer piece, in chain order."""
+
+    def read(self) -> bytes:
+        """All device-readable bytes, concatenated (a copy)."""
+
+    def write(self, data: Any, offset: int = 0) -> int:
+        """Copy ``data`` into the writable buffers from byte ``offset``; returns the bytes written."""
+
+
+@runtime_checkable
+class DeviceQueue(Protocol):
+    """The device side of a ring (``DeviceQueue`` or ``PackedDeviceQueue`` of either twin), as served here."""
+
+    def avail_pending(self) -> int:
+        """How many chains the driver has made available that the device has not popped (0 if broken)."""
+
+    def pop_many(self, n: int) -> Sequence[Chain]:
+        """Up to ``n`` available chains. Raises MalformedChain (and latches broken) on bad driver input."""
+
+    def push_many(self, heads: Sequence[int], lens: Sequence[int]) -> None:
+        """Return the chains ``heads``, ``lens[i]`` bytes written into each; the used index is published once."""
+
+    def notify_needed(self) -> bool:
+        """Whether the driver wants an interrupt for what was pushed since the last call."""
+
+    def enable_notifications(self) -> bool:
+        """Ask the driver to kick again; returns True if chains are already available (handle them first)."""
+
+    def disable_notifications(self) -> None:
+        """Tell the driver kicks are not needed (the device is polling)."""
 
 
 class ConfigError(VringError, ValueError):
@@ -42,6 +104,8 @@ class VirtioDevice:
 
     def __init__(self) -> None:
         self.config = bytearray()
+        # The features in force: the one copy of what was negotiated. A transport reads it here (for its rings,
+        # its checks) rather than keeping its own.
         self.driver_features = 0
         self.status = 0
 
@@ -52,7 +116,8 @@ class VirtioDevice:
         return features if self.offer_packed else features & ~int(Feature.RING_PACKED)
 
     def negotiate(self, driver_features: int) -> int:
-        """Accept the driver's features (only what was offered); returns what is in force."""
+        """Accept the driver's features (only what was offered); returns what is in force, which is also
+        ``driver_features`` from now until ``reset``."""
         self.driver_features = int(driver_features) & self.features
         return self.driver_features
 
@@ -75,11 +140,11 @@ class VirtioDevice:
         raise ConfigError(f"config space is read-only at offset {offset}")
 
     # -- requests ------------------------------------------------------------------------------------------
-    def handle(self, queue: int, chain: Any) -> int:
+    def handle(self, queue: int, chain: Chain) -> int:
         """Serve one chain popped from queue ``queue``; return the bytes written into its writable part."""
         raise NotImplementedError
 
-    def process(self, index: int, queue: Any, budget: int = 256) -> tuple[int, bool]:
+    def process(self, index: int, queue: DeviceQueue, budget: int = 256) -> tuple[int, bool]:
         """Serve up to ``budget`` available chains of ``queue``; returns (chains served, interrupt wanted).
 
         Bad driver input raises (MalformedChain) and leaves the queue broken; the device is then marked

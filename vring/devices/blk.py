@@ -1,8 +1,10 @@
-"""virtio-blk (spec 5.2 "Block Device"), file-backed, and its driver-side model.
+"""virtio-blk (spec 5.2 "Block Device"): the wire format, a request parsed from a chain, and a file-backed device.
 
 A request is a chain: a 16-byte header {le32 type; le32 reserved; le64 sector} the device reads, data (read or
-written by the device, by type), and a status byte the device writes last. Data moves between the image and guest
-memory with ``os.preadv`` / ``os.pwritev`` straight into the chain's memoryviews: no Python-level copy.
+written by the device, by type), and a status byte the device writes last. ``Request.parse`` finds these in a chain
+without any I/O; ``BlkDevice`` serves it, moving data between the image and guest memory with ``os.preadv`` /
+``os.pwritev`` straight into the chain's memoryviews: no Python-level copy. The driver side (``BlkClient``) has
+its own package and takes the wire format from here.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ import logging
 import os
 import stat
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 from .._chainio import scatter
-from ..device import ConfigError, VirtioDevice
+from ..device import Chain, ConfigError, VirtioDevice
 
 log = logging.getLogger("vring.blk")
 
@@ -42,6 +45,8 @@ FEATURE_NAMES = {F_SIZE_MAX: "SIZE_MAX", F_SEG_MAX: "SEG_MAX", F_GEOMETRY: "GEOM
 
 # Request types and status values (5.2.6).
 T_IN, T_OUT, T_FLUSH, T_GET_ID, T_DISCARD, T_WRITE_ZEROES = 0, 1, 4, 8, 11, 13
+DEVICE_WRITES_DATA = (T_IN, T_GET_ID)  # data is the writable part before the status byte
+DEVICE_READS_DATA = (T_OUT, T_DISCARD, T_WRITE_ZEROES)  # data is the readable part after the header
 S_OK, S_IOERR, S_UNSUPP = 0, 1, 2
 STATUS_NAMES = {S_OK: "OK", S_IOERR: "IOERR", S_UNSUPP: "UNSUPP"}
 ID_BYTES = 20
@@ -68,6 +73,61 @@ try:
     _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 except (OSError, AttributeError):  # pragma: no cover - not Linux
     _fallocate = None
+
+
+class RequestError(ValueError):
+    """A chain that cannot be a virtio-blk request."""
+
+
+class NoStatusByte(RequestError):
+    """The chain has no device-writable byte: there is nowhere to put a status."""
+
+    def __init__(self) -> None:
+        super().__init__("the request has no device-writable status byte")
+
+
+class ShortHeader(RequestError):
+    """The device-readable part is shorter than the request header; the status byte can still answer."""
+
+    def __init__(self, length: int, status: memoryview) -> None:
+        super().__init__(f"the request header is {length} bytes, not {HEADER.size}")
+        self.length = length
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One virtio-blk request, found in a chain (as rust-vmm's virtio-blk ``Request::parse``).
+
+    ``data`` holds the views the request moves data through, ``data_len`` bytes: the device-writable ones before
+    the status byte for reads and get-id, the device-readable ones after the header for writes, discards and
+    write-zeroes, none for flush and unknown types. ``status`` is the one-byte view the device answers in.
+    """
+
+    request_type: int
+    sector: int
+    data: list[memoryview]
+    data_len: int
+    status: memoryview
+
+    @classmethod
+    def parse(cls, chain: Chain) -> Request:
+        """The request ``chain`` carries: its status byte is the chain's last writable byte (it may end a data
+        buffer), its header the first 16 readable bytes (they may straddle buffers or start one). NoStatusByte or
+        ShortHeader if there is no such byte or header; the type is not checked here (the device answers an
+        unknown one UNSUPP)."""
+        if chain.writable_len < 1:
+            raise NoStatusByte()
+        status, writable_data = _split_last_byte(chain.writable)
+        if chain.readable_len < HEADER.size:
+            raise ShortHeader(chain.readable_len, status)
+        header, readable_data = _split_first(chain.readable, HEADER.size)
+        request_type, _reserved, sector = HEADER.unpack(header)
+        if request_type in DEVICE_WRITES_DATA:
+            return cls(request_type, sector, writable_data, chain.writable_len - 1, status)
+        if request_type in DEVICE_READS_DATA:
+            return cls(request_type, sector, readable_data, chain.readable_len - HEADER.size, status)
+        return cls(request_type, sector, [], 0, status)
 
 
 class BlkDevice(VirtioDevice):
@@ -118,38 +178,34 @@ class BlkDevice(VirtioDevice):
         raise ConfigError(f"virtio-blk config is read-only at offset {offset} (+{len(data)})")
 
     # -- requests ------------------------------------------------------------------------------------------
-    def handle(self, queue: int, chain: Any) -> int:
+    def handle(self, queue: int, chain: Chain) -> int:
         """Serve one request; every error becomes a status byte, never an exception or a stopped device."""
-        writable = chain.writable
-        if chain.writable_len < 1:
+        try:
+            request = Request.parse(chain)
+        except NoStatusByte:
             log.warning("queue %d: request %d has no status byte; completed without an answer", queue, chain.head)
             return 0
-        status_view, data_in = _split_last_byte(writable)
-        if chain.readable_len < HEADER.size:
-            log.warning("queue %d: request %d header is %d bytes, not %d", queue, chain.head, chain.readable_len,
+        except ShortHeader as exc:
+            log.warning("queue %d: request %d header is %d bytes, not %d", queue, chain.head, exc.length,
                         HEADER.size)
-            status_view[0] = S_IOERR
+            exc.status[0] = S_IOERR
             return 1
-        readable = chain.readable
-        header, data_out = _split_first(readable, HEADER.size)
-        rtype, _reserved, sector = HEADER.unpack(header)
-        status, written = self._serve(rtype, sector, data_out, data_in, chain.readable_len - HEADER.size,
-                                      chain.writable_len - 1)
-        status_view[0] = status
+        status, written = self._serve(request)
+        request.status[0] = status
         return written + 1
 
-    def _serve(self, rtype: int, sector: int, data_out: list[memoryview], data_in: list[memoryview],
-               out_len: int, in_len: int) -> tuple[int, int]:
-        """(status, bytes written into data_in)."""
+    def _serve(self, request: Request) -> tuple[int, int]:
+        """(status, bytes written into the request's data)."""
+        rtype, sector, data, length = request.request_type, request.sector, request.data, request.data_len
         try:
             if rtype == T_IN:
-                if not self._range_ok(sector, in_len):
+                if not self._range_ok(sector, length):
                     return S_IOERR, 0
-                return S_OK, self._preadv(data_in, sector * SECTOR, in_len)
+                return S_OK, self._preadv(data, sector * SECTOR, length)
             if rtype == T_OUT:
-                if self.read_only or not self._range_ok(sector, out_len):
+                if self.read_only or not self._range_ok(sector, length):
                     return S_IOERR, 0
-                self._pwritev(data_out, sector * SECTOR, out_len)
+                self._pwritev(data, sector * SECTOR, length)
                 if not self.writeback:
                     os.fdatasync(self.fd)
                 return S_OK, 0
@@ -158,15 +214,15 @@ class BlkDevice(VirtioDevice):
                     os.fdatasync(self.fd)
                 return S_OK, 0
             if rtype == T_GET_ID:
-                if in_len < 1:
+                if length < 1:
                     return S_IOERR, 0
-                ident = self.serial[:min(in_len, ID_BYTES)]
-                ident = ident + bytes(min(in_len, ID_BYTES) - len(ident))  # NUL-padded, as the spec says
-                return S_OK, scatter(data_in, ident)
+                ident = self.serial[:min(length, ID_BYTES)]
+                ident = ident + bytes(min(length, ID_BYTES) - len(ident))  # NUL-padded, as the spec says
+                return S_OK, scatter(data, ident)
             if rtype in (T_DISCARD, T_WRITE_ZEROES):
                 if self.read_only:
                     return S_IOERR, 0
-                return self._discard_or_zero(rtype, b"".join(bytes(v) for v in data_out)), 0
+                return self._discard_or_zero(rtype, b"".join(bytes(v) for v in data)), 0
             return S_UNSUPP, 0
         except OSError as exc:
             log.warning("I/O error on %s: %s", self.path, exc)
@@ -256,214 +312,3 @@ def _skip(views: list[memoryview], n: int) -> list[memoryview]:
         out.append(view[n:] if n else view)
         n = 0
     return out
-
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Driver side: BlkClient, a virtio-blk driver model on a vhost-user front-end
-# ---------------------------------------------------------------------------------------------------------------
-class BlkError(Exception):
-    """A request completed with a status other than OK."""
-
-    def __init__(self, op: str, status: int) -> None:
-        super().__init__(f"{op} failed with VIRTIO_BLK_S_{STATUS_NAMES.get(status, str(status))}")
-        self.status = status
-
-
-class BlkConfig:
-    """struct virtio_blk_config, decoded."""
-
-    def __init__(self, raw: bytes) -> None:
-        (self.capacity, self.size_max, self.seg_max, self.cylinders, self.heads, self.sectors, self.blk_size,
-         self.physical_block_exp, self.alignment_offset, self.min_io_size, self.opt_io_size, self.writeback,
-         _unused, self.num_queues, self.max_discard_sectors, self.max_discard_seg, self.discard_sector_alignment,
-         self.max_write_zeroes_sectors, self.max_write_zeroes_seg, self.write_zeroes_may_unmap) = CONFIG.unpack(
-            raw[:CONFIG.size])
-
-    def describe(self) -> list[tuple[str, str]]:
-        return [("capacity", f"{self.capacity} sectors ({self.capacity * SECTOR / 2**20:.1f} MiB)"),
-                ("size_max", str(self.size_max)), ("seg_max", str(self.seg_max)), ("blk_size", str(self.blk_size)),
-                ("num_queues", str(self.num_queues)), ("writeback", str(self.writeback)),
-                ("max_discard_sectors", str(self.max_discard_sectors)),
-                ("max_discard_seg", str(self.max_discard_seg)),
-                ("max_write_zeroes_sectors", str(self.max_write_zeroes_sectors)),
-                ("max_write_zeroes_seg", str(self.max_write_zeroes_seg)),
-                ("write_zeroes_may_unmap", str(self.write_zeroes_may_unmap))]
-
-
-OP_NAMES = {T_IN: "read", T_OUT: "write", T_FLUSH: "flush", T_GET_ID: "get_id", T_DISCARD: "discard",
-            T_WRITE_ZEROES: "write_zeroes"}
-
-
-class _Pending:
-    __slots__ = ("rtype", "sector", "buffers", "data", "in_len", "status", "index", "queue")
-
-    def __init__(self, rtype: int, sector: int, index: int) -> None:
-        self.rtype = rtype
-        self.sector = sector
-        self.index = index
-        self.buffers: list[int] = []
-        self.data = 0
-        self.in_len = 0
-        self.status = 0
-        self.queue = 0
-
-
-class BlkClient:
-    """virtio-blk requests through any vhost-user-blk back-end: synchronous calls, and ``run`` for batches that
-    keep up to ``depth`` requests in flight on every queue."""
-
-    FEATURES = (F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_TOPOLOGY | F_CONFIG_WCE | F_MQ | F_DISCARD
-                | F_WRITE_ZEROES | F_RO)
-
-    def __init__(self, frontend: Any, *, queues: int = 1, queue_size: int = 128, event_idx: bool = True,
-                 indirect: bool = True, packed: bool = False) -> None:
-        from .._features import Feature
-
-        self.frontend = frontend
-        wanted = (self.FEATURES | (Feature.EVENT_IDX if event_idx else 0) | (Feature.INDIRECT_DESC if indirect else 0)
-                  | (Feature.RING_PACKED if packed else 0))
-        self.features = frontend.negotiate(wanted)
-        available = frontend.queue_num()
-        if queues > available:
-            raise ValueError(f"{queues} queues asked for, the back-end has {available}")
-        self.config = BlkConfig(frontend.get_config(CONFIG.size))
-        self.read_only = bool(self.features & F_RO)
-        self.queues = frontend.setup_queues(queues, queue_size)
-        self.mem = frontend.mem
-
-    @property
-    def capacity(self) -> int:
-        return self.config.capacity
-
-    # -- one request ---------------------------------------------------------------------------------------
-    def _submit(self, q: Any, pending: _Pending, out_data: bytes = b"", in_len: int = 0) -> None:
-        alloc = self.frontend.allocator.alloc
-        header = alloc(HEADER.size)
-        status = alloc(1)
-        pending.buffers = [header, status]
-        self.mem.write(header, HEADER.pack(pending.rtype, 0, pending.sector))
-        self.mem.write(status, b"\xff")  # a status the device must overwrite
-        out = [(header, HEADER.size)]
-        in_: list[tuple[int, int]] = []
-        if out_data:
-            data = alloc(len(out_data))
-            pending.buffers.append(data)
-            self.mem.write(data, out_data)
-            out.append((data, len(out_data)))
-        if in_len:
-            pending.data = alloc(in_len)
-            pending.buffers.append(pending.data)
-            in_.append((pending.data, in_len))
-        pending.in_len = in_len
-        pending.status = status
-        pending.queue = q.index
-        q.driver.add(out, in_ + [(status, 1)], token=pending)
-
-    def _finish(self, pending: _Pending, written: int, keep_data: bool = True) -> bytes | None:
-        status = self.mem.read(pending.status, 1)[0]
-        data = (self.mem.read(pending.data, pending.in_len) if keep_data and pending.in_len and status == S_OK
-                else None)
-        for addr in pending.buffers:
-            self.frontend.allocator.release(addr)
-        if status != S_OK:
-            raise BlkError(OP_NAMES.get(pending.rtype, str(pending.rtype)), status)
-        if pending.rtype == T_GET_ID and data is not None:
-            return data[:max(0, written - 1)]
-        return data
-
-    def _one(self, rtype: int, sector: int = 0, out_data: bytes = b"", in_len: int = 0) -> bytes | None:
-        q = self.queues[0]
-        pending = _Pending(rtype, sector, 0)
-        self._submit(q, pending, out_data, in_len)
-        self.frontend.kick(q)
-        while True:
-            for token, written in self.frontend.wait(q):
-                if token is pending:
-                    return self._finish(pending, written)
-                raise RuntimeError("a completion nobody waits for")  # only one request is in flight here
-
-    def read(self, sector: int, count: int) -> bytes:
-        """``count`` 512-byte sectors from ``sector``."""
-        data = self._one(T_IN, sector, in_len=count * SECTOR)
-        assert data is not None
-        return data
-
-    def write(self, sector: int, data: bytes) -> None:
-        if len(data) % SECTOR:
-            raise ValueError("data must be a multiple of 512 bytes")
-        self._one(T_OUT, sector, out_data=data)
-
-    def flush(self) -> None:
-        self._one(T_FLUSH)
-
-    def get_id(self) -> bytes:
-        data = self._one(T_GET_ID, in_len=ID_BYTES)
-        return (data or b"").rstrip(b"\0")
-
-    def discard(self, sector: int, count: int) -> None:
-        self._one(T_DISCARD, out_data=DISCARD_SEG.pack(sector, count, 0))
-
-    def write_zeroes(self, sector: int, count: int, unmap: bool = False) -> None:
-        self._one(T_WRITE_ZEROES, out_data=DISCARD_SEG.pack(sector, count, WZ_UNMAP if unmap else 0))
-
-    # -- many requests -------------------------------------------------------------------------------------
-    def run(self, ops: list[tuple[str, int, Any]], depth: int = 32, latencies: list[float] | None = None,
-            keep_data: bool = True) -> list[Any]:
-        """Execute ``ops`` — ("read", sector, count), ("write", sector, data), ("flush", 0, None) — spread over
-        the queues with up to ``depth`` in flight on each. Returns the results in order (bytes for reads unless
-        ``keep_data`` is false, None otherwise, or the BlkError of a failed request); ``latencies`` receives each
-        request's submit-to-completion time in seconds."""
-        import select as _select
-        import time as _time
-
-        started: dict[int, float] = {}
-        results: list[Any] = [None] * len(ops)
-        next_op = 0
-        in_flight = {q.index: 0 for q in self.queues}
-        done = 0
-        deadline = _time.monotonic() + self.frontend.timeout
-        while done < len(ops):
-            for q in self.queues:
-                while next_op < len(ops) and in_flight[q.index] < depth and q.driver.num_free >= 3:
-                    kind, sector, arg = ops[next_op]
-                    pending = _Pending({"read": T_IN, "write": T_OUT, "flush": T_FLUSH}[kind], sector, next_op)
-                    if kind == "read":
-                        self._submit(q, pending, in_len=arg * SECTOR)
-                    elif kind == "write":
-                        self._submit(q, pending, out_data=arg)
-                    else:
-                        self._submit(q, pending)
-                    if latencies is not None:
-                        started[next_op] = _time.perf_counter()
-                    in_flight[q.index] += 1
-                    next_op += 1
-                self.frontend.kick(q)
-            progressed = False
-            for q in self.queues:
-                for pending, written in q.driver.pop_used():
-                    if latencies is not None:
-                        latencies.append(_time.perf_counter() - started.pop(pending.index))
-                    try:
-                        result = self._finish(pending, written, keep_data)
-                        results[pending.index] = result
-                    except BlkError as exc:
-                        results[pending.index] = exc
-                    in_flight[q.index] -= 1
-                    done += 1
-                    progressed = True
-            if progressed:
-                deadline = _time.monotonic() + self.frontend.timeout
-                continue
-            if any(q.driver.enable_interrupts() for q in self.queues):
-                continue
-            left = deadline - _time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"no completion in {self.frontend.timeout} s ({done}/{len(ops)} done)")
-            ready, _, _ = _select.select([q.call for q in self.queues], [], [], left)
-            for fd in ready:
-                try:
-                    os.eventfd_read(fd)
-                except BlockingIOError:
-                    pass
-        return results

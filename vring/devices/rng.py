@@ -6,9 +6,8 @@ Every request is a chain of device-writable buffers; the device fills them with 
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from ..device import VirtioDevice
+from ..device import Chain, VirtioDevice
 
 DEVICE_ID = 4
 
@@ -21,7 +20,7 @@ class RngDevice(VirtioDevice):
         super().__init__()
         self.max_bytes = max_bytes_per_request
 
-    def handle(self, queue: int, chain: Any) -> int:
+    def handle(self, queue: int, chain: Chain) -> int:
         done = 0
         for view in chain.writable:
             if done >= self.max_bytes:
