@@ -10,7 +10,8 @@ import sys
 import time
 from typing import Any
 
-from .devices.blk import FEATURE_NAMES, SECTOR, BlkClient, BlkError
+from .devices.blk import FEATURE_NAMES, SECTOR
+from .drivers.blk import BlkClient, BlkError
 from .vhost_user.frontend import BackendError, Frontend
 
 
