@@ -25,19 +25,16 @@ def wait(fd: int, timeout_s: float) -> None:
 
 def device(fd: int, mem_size: int, size: int, features: int, n: int, kick: int, call: int) -> None:
     import vring
+    from vring.notify import serve_until_idle
 
     mem = vring.GuestMemory()
     mem.add_region_fd(0, mem_size, fd)
-    dev = vring.DeviceQueue(mem, vring.SplitLayout.contiguous(size, 0), features)
-    served = 0
-    while served < n:
+    dev = vring.create_device_queue(mem, vring.contiguous_layout(features, size, 0), features)
+
+    def serve_batch() -> int:
         chains = dev.pop_many(64)
         if not chains:
-            if dev.enable_notifications():
-                continue  # work arrived while we were deciding to sleep
-            wait(kick, 20)
-            dev.disable_notifications()
-            continue
+            return 0
         lens = []
         for chain in chains:
             request = chain.read()
@@ -46,9 +43,14 @@ def device(fd: int, mem_size: int, size: int, features: int, n: int, kick: int, 
             reply = REPLY.pack(seq, salt ^ 0x5A5A5A5A5A5A5A5A, zlib.crc32(payload), len(payload))
             lens.append(chain.write(reply + payload[::-1]))
         dev.push_many([c.head for c in chains], lens)
-        served += len(chains)
         if dev.notify_needed():
             os.eventfd_write(call, 1)
+        return len(chains)
+
+    served = serve_until_idle(dev, serve_batch)
+    while served < n:
+        wait(kick, 20)
+        served += serve_until_idle(dev, serve_batch)
 
 
 def flipper(fd: int, mem_size: int, gpa: int, good: bytes, bad: bytes, stop_gpa: int) -> None:

@@ -12,7 +12,6 @@ class Feature(enum.IntFlag):
     ANY_LAYOUT = 1 << 27  # legacy
     INDIRECT_DESC = 1 << 28
     EVENT_IDX = 1 << 29
-    VHOST_USER_PROTOCOL_FEATURES = 1 << 30  # vhost-user only: the backend speaks protocol features
     VERSION_1 = 1 << 32
     ACCESS_PLATFORM = 1 << 33
     RING_PACKED = 1 << 34

@@ -1,7 +1,9 @@
-"""vhost-user: vring devices served to QEMU (the back-end), and (later) Python driving any back-end."""
+"""vhost-user: vring devices served to QEMU or any front-end (the back-end), and Python driving any back-end (the
+front-end)."""
 
-from .backend import Connection, VhostUserBackend
+from .connection import Connection
 from .protocol import Message, ProtocolError, ProtocolFeature, Request, recv_message, send_message
+from .server import VhostUserBackend
 
 __all__ = ["Connection", "Message", "ProtocolError", "ProtocolFeature", "Request", "VhostUserBackend",
            "recv_message", "send_message"]

@@ -1,7 +1,7 @@
 """vhost-user front-end: drive any vhost-user back-end from Python, no VM needed.
 
 The front-end owns the "guest" memory (a memfd it shares with the back-end), sets up the rings with
-``vring.DriverQueue`` and hands the back-end their addresses, eventfds and state, as QEMU does for a guest.
+``vring.create_driver_queue`` and hands the back-end their addresses, eventfds and state, as QEMU does for a guest.
 Guest-physical addresses are chosen apart from the front-end's own user addresses, so that a back-end that mixes
 the two up fails visibly. Every reply is checked; every wait has a timeout.
 """
@@ -16,14 +16,19 @@ import select
 import socket
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
-from .. import DriverQueue, GuestMemory, PackedDriverQueue
+from .. import (
+    DriverQueue, GuestMemory, PackedDriverQueue, QueueState, contiguous_bytes, contiguous_layout,
+    create_driver_queue,
+)
 from .._features import Feature
-from .._layout import PackedLayout, SplitLayout
+from .._layout import RingLayout
+from ..notify import RingError, wait_for_used
 from .protocol import (
-    CONFIG_HEAD, FLAG_NEED_REPLY, FLAG_REPLY, MEM_REGION, MEM_TABLE_HEAD, REPLYING, U64, VERSION, VRING_ADDR,
-    VRING_STATE, ProtocolError, ProtocolFeature, Request, recv_message, send_message,
+    CONFIG_HEAD, F_PROTOCOL_FEATURES, FLAG_NEED_REPLY, FLAG_REPLY, MEM_REGION, MEM_TABLE_HEAD, REPLYING, U64,
+    VERSION, VRING_ADDR, VRING_STATE, ProtocolError, ProtocolFeature, Request, decode_ring_base, encode_ring_base,
+    recv_message, send_message,
 )
 
 log = logging.getLogger("vring.vhost_user.frontend")
@@ -45,7 +50,7 @@ class FrontQueue:
     kick: int
     call: int
     err: int
-    layout: SplitLayout | PackedLayout
+    layout: RingLayout
 
 
 class Allocator:
@@ -87,8 +92,9 @@ class Frontend:
         self.path = path
         self.timeout = timeout
         self.sock: socket.socket | None = None
-        self.features = 0
+        self.features = 0  # the negotiated virtio features (without the transport's F_PROTOCOL_FEATURES)
         self.protocol_features = 0
+        self.acked_protocol_features = False  # SET_FEATURES carried F_PROTOCOL_FEATURES: rings start disabled
         self.queues: list[FrontQueue] = []
         self.mem_size = mem_size
         self.memfd = os.memfd_create("vring-frontend", os.MFD_CLOEXEC)
@@ -173,15 +179,16 @@ class Frontend:
         offered = self._u64(Request.GET_FEATURES)
         if not offered & Feature.VERSION_1:
             raise BackendError(f"the back-end does not offer VERSION_1 (features {offered:#x})")
-        if offered & Feature.VHOST_USER_PROTOCOL_FEATURES:
+        transport = offered & F_PROTOCOL_FEATURES  # acked whenever offered: we speak protocol features
+        if transport:
             proto = self._u64(Request.GET_PROTOCOL_FEATURES) & int(WANTED_PROTOCOL_FEATURES)
             self.request(Request.SET_PROTOCOL_FEATURES, U64.pack(proto))
             self.protocol_features = proto
         self.request(Request.SET_OWNER)
-        features = (int(wanted) | Feature.VERSION_1) & offered
-        features |= offered & Feature.VHOST_USER_PROTOCOL_FEATURES
-        self.request(Request.SET_FEATURES, U64.pack(features))
+        features = (int(wanted) | Feature.VERSION_1) & offered & ~F_PROTOCOL_FEATURES
+        self.request(Request.SET_FEATURES, U64.pack(features | transport))
         self.features = features
+        self.acked_protocol_features = bool(transport)
         log.info("features %#x, protocol features %#x", features, self.protocol_features)
         return features
 
@@ -215,50 +222,41 @@ class Frontend:
     def setup_queues(self, count: int, size: int = 128, **driver_kwargs: int) -> list[FrontQueue]:
         """Share memory, then set up ``count`` rings of ``size`` and start them (kick, call, enable)."""
         self.share_memory()
-        ring_features = self.features & ~Feature.VHOST_USER_PROTOCOL_FEATURES
+        features = self.features
         indirect_max = driver_kwargs.pop("indirect_max", 16)
-        packed = bool(ring_features & Feature.RING_PACKED)
+        options: dict[str, Any] = {**driver_kwargs, "indirect_max": indirect_max}  # the driver queue's keywords
+        packed = bool(features & Feature.RING_PACKED)
+        fresh = encode_ring_base(QueueState(0, 0), packed)  # both indices 0, packed wrap counters 1
         for index in range(count):
             tables = self.allocator.alloc(DriverQueue.indirect_area_bytes(size, indirect_max), PAGE)
-            layout: SplitLayout | PackedLayout
-            driver: DriverQueue | PackedDriverQueue
-            if packed:
-                packed_layout = PackedLayout.contiguous(size, self.allocator.alloc(PackedLayout.contiguous_bytes(size),
-                                                                                   PAGE))
-                layout = packed_layout
-                driver = PackedDriverQueue(self.mem, packed_layout, ring_features, indirect_area=tables,
-                                           indirect_max=indirect_max, **driver_kwargs)
-                # SET_VRING_ADDR's desc, "used" and "avail": the device and driver event areas of a packed ring
-                areas = (packed_layout.desc, packed_layout.device_event, packed_layout.driver_event)
-                base = 1 << 15 | 1 << 31  # avail and used index 0, both wrap counters 1 (QEMU's encoding)
-            else:
-                split_layout = SplitLayout.contiguous(size, self.allocator.alloc(
-                    SplitLayout.contiguous_bytes(size, PAGE), PAGE), PAGE)
-                layout = split_layout
-                driver = DriverQueue(self.mem, split_layout, ring_features, indirect_area=tables,
-                                     indirect_max=indirect_max, **driver_kwargs)
-                areas = (split_layout.desc, split_layout.used, split_layout.avail)
-                base = 0
+            layout = contiguous_layout(features, size, self.allocator.alloc(contiguous_bytes(features, size, PAGE),
+                                                                            PAGE), PAGE)
+            driver: DriverQueue | PackedDriverQueue = create_driver_queue(
+                self.mem, layout, features, indirect_area=tables, **options)
+            # SET_VRING_ADDR's desc, "used" and "avail": for a packed ring the device and driver event areas
+            areas = (layout.desc, layout.device_area, layout.driver_area)
             kick, call, err = (os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(3))
             self.request(Request.SET_VRING_NUM, VRING_STATE.pack(index, size))
-            self.request(Request.SET_VRING_BASE, VRING_STATE.pack(index, base))
+            self.request(Request.SET_VRING_BASE, VRING_STATE.pack(index, fresh))
             self.request(Request.SET_VRING_ADDR, VRING_ADDR.pack(index, 0, *(self.uva_of(a) for a in areas), 0))
             self.request(Request.SET_VRING_CALL, U64.pack(index), [call])
             self.request(Request.SET_VRING_ERR, U64.pack(index), [err])
             self.request(Request.SET_VRING_KICK, U64.pack(index), [kick])
             self.queues.append(FrontQueue(index, driver, kick, call, err, layout))
-        if self.features & Feature.VHOST_USER_PROTOCOL_FEATURES:
+        if self.acked_protocol_features:
             for index in range(count):
                 self.request(Request.SET_VRING_ENABLE, VRING_STATE.pack(index, 1))
         return self.queues
 
     def stop_queue(self, index: int) -> int:
-        """GET_VRING_BASE: the back-end stops the ring and says where it is."""
+        """GET_VRING_BASE: the back-end stops the ring and says where it is: the next available index it would
+        serve (for a packed ring without its wrap counter)."""
         reply = self.request(Request.GET_VRING_BASE, VRING_STATE.pack(index, 0))
         assert reply is not None
         if len(reply) != VRING_STATE.size or VRING_STATE.unpack(reply)[0] != index:
             raise BackendError(f"GET_VRING_BASE: bad reply {reply!r} for queue {index}")
-        return VRING_STATE.unpack(reply)[1]
+        state = decode_ring_base(VRING_STATE.unpack(reply)[1], bool(self.features & Feature.RING_PACKED))
+        return state.last_avail_idx
 
     # -- notifications -------------------------------------------------------------------------------------
     def kick(self, queue: FrontQueue) -> None:
@@ -273,21 +271,13 @@ class Frontend:
         and only then do we sleep.
         """
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        driver = queue.driver
         while True:
-            done = driver.pop_used()
+            done = queue.driver.pop_used()
             if done:
                 return done
-            if driver.enable_interrupts():
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise BackendError(f"queue {queue.index}: no completion in time")
-            ready, _, _ = select.select([queue.call, queue.err], [], [], left)
-            if queue.err in ready:
-                raise BackendError(f"queue {queue.index}: the back-end signalled an error on the ring")
-            if queue.call in ready:
-                try:
-                    os.eventfd_read(queue.call)
-                except BlockingIOError:
-                    pass
+            try:
+                wait_for_used([queue.driver], [queue.call], deadline, [queue.err])
+            except RingError:
+                if select.select([queue.err], [], [], 0)[0]:  # still readable: wait_for_used does not consume it
+                    raise BackendError(f"queue {queue.index}: the back-end signalled an error on the ring") from None
+                raise BackendError(f"queue {queue.index}: no completion in time") from None

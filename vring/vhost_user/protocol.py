@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from .._state import QueueState
+
 HEADER = struct.Struct("=III")
 VERSION = 0x1
 FLAG_VERSION_MASK = 0x3
@@ -30,6 +32,11 @@ CONFIG_HEAD = struct.Struct("=III")  # offset, size, flags
 MAX_CONFIG_SIZE = 256
 VRING_IDX_MASK = 0xFF
 VRING_NOFD_MASK = 1 << 8
+
+# VHOST_USER_F_PROTOCOL_FEATURES: a transport bit, not a virtio one. The back-end offers it in GET_FEATURES when it
+# speaks GET/SET_PROTOCOL_FEATURES; once the front-end acks it in SET_FEATURES, rings start disabled until
+# SET_VRING_ENABLE. It never reaches a device or a ring.
+F_PROTOCOL_FEATURES = 1 << 30
 
 
 class Request(enum.IntEnum):
@@ -102,6 +109,27 @@ REPLYING = {
     Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_VRING_BASE, Request.GET_QUEUE_NUM,
     Request.GET_CONFIG, Request.GET_MAX_MEM_SLOTS, Request.GET_INFLIGHT_FD, Request.GET_STATUS,
 }
+
+
+def encode_ring_base(state: QueueState, packed: bool) -> int:
+    """The ``num`` of a SET/GET_VRING_BASE for ``state``.
+
+    Split rings: the next available index (16 bits); the used index is not carried. Packed rings (QEMU's
+    encoding): bits 0-14 the next available index, bit 15 its wrap counter, bits 16-30 the used index, bit 31
+    its wrap counter.
+    """
+    if not packed:
+        return state.last_avail_idx
+    return (state.last_avail_idx | state.avail_wrap << 15 | (state.used_idx or 0) << 16
+            | state.used_wrap << 31)
+
+
+def decode_ring_base(value: int, packed: bool) -> QueueState:
+    """The state a SET/GET_VRING_BASE ``num`` carries (the layout is in ``encode_ring_base``). A split ring's
+    used index is None: a back-end taking the ring over reads it from the used ring itself."""
+    if not packed:
+        return QueueState(value, None)
+    return QueueState(value & 0x7FFF, (value >> 16) & 0x7FFF, (value >> 15) & 1, (value >> 31) & 1)
 
 
 class ProtocolError(Exception):

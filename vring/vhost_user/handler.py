@@ -1,0 +1,326 @@
+"""vhost-user message handling for one connection: each request's handler, found in one explicit table, checks
+its message, acts on the device, the memory table or a ring, and says what to answer (REPLY_ACK included).
+
+A message that breaks the protocol raises ProtocolError (the connection closes with it); a refusal the protocol
+allows (a config write the device does not take) is answered, not raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Literal, Protocol, Union
+
+from .._errors import VringError
+from .._features import Feature, MAX_QUEUE_SIZE
+from .._layout import area_bytes
+from ..device import VirtioDevice
+from .memory_table import MAX_MEM_SLOTS, MemoryTable, MemRegion
+from .protocol import (
+    CONFIG_HEAD, F_PROTOCOL_FEATURES, MAX_CONFIG_SIZE, MAX_FDS, MEM_REGION, MEM_TABLE_HEAD, U64, VRING_ADDR,
+    VRING_IDX_MASK, VRING_NOFD_MASK, VRING_STATE, Message, ProtocolError, ProtocolFeature, Request,
+)
+from .vring import Vring
+
+log = logging.getLogger("vring.vhost_user")
+
+OFFERED_PROTOCOL_FEATURES = (ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK | ProtocolFeature.CONFIG
+                             | ProtocolFeature.CONFIGURE_MEM_SLOTS)
+
+# What a request's handler returns: the reply payload, or None for success (acked with 0 when the front-end asks
+# for REPLY_ACK), or False for a refusal (acked with 1).
+Reply = Union[bytes, Literal[False], None]
+
+
+class KickWatcher(Protocol):
+    """The connection's event loop, told which kick eventfds to wake up for."""
+
+    def watch(self, vring: Vring) -> None: ...
+
+    def unwatch(self, vring: Vring) -> None: ...
+
+
+class Handler:
+    """The back-end's side of one front-end session: its negotiation, memory table and rings."""
+
+    def __init__(self, device: VirtioDevice, name: str, kicks: KickWatcher) -> None:
+        self.device = device  # its driver_features are the negotiated features: the one copy
+        self.name = name
+        self.kicks = kicks
+        self.protocol_features = 0
+        self.acked_protocol_features = False  # SET_FEATURES carried F_PROTOCOL_FEATURES
+        self.memory = MemoryTable()
+        self.vrings = self._new_vrings()
+        self._handlers: dict[Request, Callable[[Message], Reply]] = {
+            Request.GET_FEATURES: self._on_get_features,
+            Request.SET_FEATURES: self._on_set_features,
+            Request.GET_PROTOCOL_FEATURES: self._on_get_protocol_features,
+            Request.SET_PROTOCOL_FEATURES: self._on_set_protocol_features,
+            Request.SET_OWNER: self._on_set_owner,
+            Request.RESET_OWNER: self._on_reset_owner,
+            Request.RESET_DEVICE: self._on_reset_owner,  # the same for a back-end with no state outside its rings
+            Request.GET_QUEUE_NUM: self._on_get_queue_num,
+            Request.GET_MAX_MEM_SLOTS: self._on_get_max_mem_slots,
+            Request.SET_MEM_TABLE: self._on_set_mem_table,
+            Request.ADD_MEM_REG: self._on_add_mem_reg,
+            Request.REM_MEM_REG: self._on_rem_mem_reg,
+            Request.SET_VRING_NUM: self._on_set_vring_num,
+            Request.SET_VRING_ADDR: self._on_set_vring_addr,
+            Request.SET_VRING_BASE: self._on_set_vring_base,
+            Request.GET_VRING_BASE: self._on_get_vring_base,
+            Request.SET_VRING_KICK: self._on_set_vring_kick,
+            Request.SET_VRING_CALL: self._on_set_vring_call,
+            Request.SET_VRING_ERR: self._on_set_vring_err,
+            Request.SET_VRING_ENABLE: self._on_set_vring_enable,
+            Request.GET_CONFIG: self._on_get_config,
+            Request.SET_CONFIG: self._on_set_config,
+        }
+
+    def _new_vrings(self) -> list[Vring]:
+        return [Vring(i, self.device, self.name) for i in range(self.device.num_queues)]
+
+    def close(self) -> None:
+        for vring in self.vrings:
+            vring.close()
+
+    # -- dispatch ------------------------------------------------------------------------------------------
+    def handle(self, msg: Message) -> bytes | None:
+        """Act on one message; returns the payload of the reply to send, or None when nothing is answered."""
+        try:
+            request = Request(msg.request)
+        except ValueError:
+            msg.close_fds()
+            raise ProtocolError(f"unknown request {msg.request}") from None
+        handler = self._handlers.get(request)
+        if handler is None:
+            msg.close_fds()
+            raise ProtocolError(f"{request.name} is not supported")
+        log.debug("%s: %s (%d bytes, %d fds)", self.name, request.name, len(msg.payload), len(msg.fds))
+        try:
+            reply = handler(msg)
+        finally:
+            msg.close_fds()  # whatever the handler did not take
+        if isinstance(reply, bytes):
+            return reply
+        if msg.need_reply and self.protocol_features & ProtocolFeature.REPLY_ACK:
+            return U64.pack(0 if reply is None else 1)  # REPLY_ACK: 0 is success
+        return None
+
+    @staticmethod
+    def _expect(msg: Message, size: int, fds: int = 0) -> None:
+        if len(msg.payload) != size:
+            raise ProtocolError(f"{msg.name}: payload of {len(msg.payload)} bytes, expected {size}")
+        if len(msg.fds) != fds:
+            raise ProtocolError(f"{msg.name}: {len(msg.fds)} file descriptors, expected {fds}")
+
+    def _vring(self, msg: Message, index: int) -> Vring:
+        if not 0 <= index < len(self.vrings):
+            raise ProtocolError(f"{msg.name}: queue index {index} is out of range (the device has "
+                                f"{len(self.vrings)})")
+        return self.vrings[index]
+
+    # -- negotiation ---------------------------------------------------------------------------------------
+    def _on_get_features(self, msg: Message) -> bytes:
+        self._expect(msg, 0)
+        return U64.pack(self.device.features | F_PROTOCOL_FEATURES)
+
+    def _on_set_features(self, msg: Message) -> None:
+        self._expect(msg, U64.size)
+        (features,) = U64.unpack(msg.payload)
+        offered = self.device.features | F_PROTOCOL_FEATURES
+        if features & ~offered:
+            raise ProtocolError(f"SET_FEATURES: {features & ~offered:#x} were never offered")
+        self.acked_protocol_features = bool(features & F_PROTOCOL_FEATURES)
+        self.device.negotiate(features & ~F_PROTOCOL_FEATURES)
+        if not features & Feature.VERSION_1:
+            log.info("%s: driver did not accept VERSION_1: serving it as a legacy little-endian driver", self.name)
+        log.info("%s: features %#x negotiated", self.name, features)
+
+    def _on_get_protocol_features(self, msg: Message) -> bytes:
+        self._expect(msg, 0)
+        return U64.pack(int(OFFERED_PROTOCOL_FEATURES))
+
+    def _on_set_protocol_features(self, msg: Message) -> None:
+        self._expect(msg, U64.size)
+        (features,) = U64.unpack(msg.payload)
+        if features & ~int(OFFERED_PROTOCOL_FEATURES):
+            raise ProtocolError(f"SET_PROTOCOL_FEATURES: {features & ~int(OFFERED_PROTOCOL_FEATURES):#x} were "
+                                "never offered")
+        self.protocol_features = features
+        log.info("%s: protocol features %s", self.name,
+                 "|".join(f.name or "" for f in ProtocolFeature if f & features) or "none")
+
+    def _on_set_owner(self, msg: Message) -> None:
+        self._expect(msg, 0)  # this connection is its session: nothing to record
+
+    def _on_reset_owner(self, msg: Message) -> None:
+        self._expect(msg, 0)
+        for vring in self.vrings:
+            self._stop(vring)
+            vring.close()
+        self.vrings = self._new_vrings()
+        self.acked_protocol_features = False
+        self.device.reset()
+
+    def _on_get_queue_num(self, msg: Message) -> bytes:
+        self._expect(msg, 0)
+        return U64.pack(self.device.num_queues)
+
+    def _on_get_max_mem_slots(self, msg: Message) -> bytes:
+        self._expect(msg, 0)
+        return U64.pack(MAX_MEM_SLOTS)
+
+    # -- memory --------------------------------------------------------------------------------------------
+    def _on_set_mem_table(self, msg: Message) -> None:
+        if len(msg.payload) < MEM_TABLE_HEAD.size:
+            raise ProtocolError(f"SET_MEM_TABLE: payload of {len(msg.payload)} bytes is too short")
+        nregions, _ = MEM_TABLE_HEAD.unpack_from(msg.payload)
+        if not 1 <= nregions <= MAX_FDS:
+            raise ProtocolError(f"SET_MEM_TABLE: {nregions} regions (1 to {MAX_FDS} allowed)")
+        self._expect(msg, MEM_TABLE_HEAD.size + nregions * MEM_REGION.size, nregions)
+        regions = [MemRegion.unpack_from(msg.payload, MEM_TABLE_HEAD.size + i * MEM_REGION.size)
+                   for i in range(nregions)]
+        self.memory.replace(regions, msg.fds)  # the mappings keep the memory: dispatch closes the fds
+        log.info("%s: memory table of %d regions: %s", self.name, nregions,
+                 ", ".join(f"{r.gpa:#x}+{r.size:#x}" for r in regions))
+
+    def _on_add_mem_reg(self, msg: Message) -> None:
+        self._expect(msg, 8 + MEM_REGION.size, 1)
+        region = MemRegion.unpack_from(msg.payload, 8)
+        self.memory.add(region, msg.fds[0])
+        log.info("%s: added memory region %#x+%#x", self.name, region.gpa, region.size)
+
+    def _on_rem_mem_reg(self, msg: Message) -> None:
+        # QEMU sends the region's fd along; it is not needed to remove it (dispatch closes it)
+        if len(msg.payload) != 8 + MEM_REGION.size or len(msg.fds) > 1:
+            raise ProtocolError(f"REM_MEM_REG: payload of {len(msg.payload)} bytes and {len(msg.fds)} fds")
+        region = MemRegion.unpack_from(msg.payload, 8)
+        self.memory.remove(region.gpa, region.size, region.uva)
+        log.info("%s: removed memory region %#x+%#x", self.name, region.gpa, region.size)
+
+    # -- rings ---------------------------------------------------------------------------------------------
+    def _on_set_vring_num(self, msg: Message) -> None:
+        self._expect(msg, VRING_STATE.size)
+        index, num = VRING_STATE.unpack(msg.payload)
+        vring = self._vring(msg, index)
+        limit = min(MAX_QUEUE_SIZE, self.device.max_queue_size)
+        if not 1 <= num <= limit or num & (num - 1):
+            raise ProtocolError(f"SET_VRING_NUM: queue {index} size {num} is not a power of two up to {limit}")
+        vring.num = num
+
+    def _on_set_vring_addr(self, msg: Message) -> None:
+        self._expect(msg, VRING_ADDR.size)
+        index, _flags, desc, used, avail, _log = VRING_ADDR.unpack(msg.payload)
+        self._vring(msg, index).addr = (desc, avail, used)
+
+    def _on_set_vring_base(self, msg: Message) -> None:
+        self._expect(msg, VRING_STATE.size)
+        index, base = VRING_STATE.unpack(msg.payload)
+        if base > 0xFFFF and not self.device.driver_features & Feature.RING_PACKED:
+            raise ProtocolError(f"SET_VRING_BASE: queue {index} base {base:#x} is not a 16-bit index")
+        self._vring(msg, index).base = base  # decoded when the ring starts (protocol.decode_ring_base)
+
+    def _on_get_vring_base(self, msg: Message) -> bytes:
+        self._expect(msg, VRING_STATE.size)
+        index, _ = VRING_STATE.unpack(msg.payload)
+        vring = self._vring(msg, index)
+        self._stop(vring)
+        log.info("%s: queue %d stopped at %d", self.name, index, vring.base)
+        return VRING_STATE.pack(index, vring.base)
+
+    def _eventfd_message(self, msg: Message) -> tuple[Vring, int]:
+        """The ring and the fd (-1 for none) of SET_VRING_KICK / CALL / ERR; the caller owns the fd."""
+        if len(msg.payload) != U64.size:
+            raise ProtocolError(f"{msg.name}: payload of {len(msg.payload)} bytes, expected 8")
+        (value,) = U64.unpack(msg.payload)
+        nofd = bool(value & VRING_NOFD_MASK)
+        if value & ~(VRING_IDX_MASK | VRING_NOFD_MASK):
+            raise ProtocolError(f"{msg.name}: unknown bits in {value:#x}")
+        if len(msg.fds) != (0 if nofd else 1):
+            raise ProtocolError(f"{msg.name}: {len(msg.fds)} file descriptors with the no-fd flag "
+                                f"{'set' if nofd else 'clear'}")
+        vring = self._vring(msg, value & VRING_IDX_MASK)
+        fd = -1 if nofd else msg.fds[0]
+        msg.fds = []
+        return vring, fd
+
+    def _on_set_vring_kick(self, msg: Message) -> None:
+        vring, fd = self._eventfd_message(msg)
+        self._stop(vring)  # a new kick for a running ring restarts it where it is
+        vring.set_kick(fd)
+        if fd < 0:
+            raise ProtocolError("SET_VRING_KICK without a file descriptor: polling rings are not supported")
+        if not self.acked_protocol_features:
+            vring.enabled = True  # without protocol features a ring starts enabled (vhost-user.rst)
+        self._start(vring, msg)
+
+    def _on_set_vring_call(self, msg: Message) -> None:
+        vring, fd = self._eventfd_message(msg)
+        vring.set_call(fd)
+
+    def _on_set_vring_err(self, msg: Message) -> None:
+        vring, fd = self._eventfd_message(msg)
+        vring.set_err(fd)
+
+    def _on_set_vring_enable(self, msg: Message) -> None:
+        self._expect(msg, VRING_STATE.size)
+        index, enable = VRING_STATE.unpack(msg.payload)
+        if enable > 1:
+            raise ProtocolError(f"SET_VRING_ENABLE: queue {index} state {enable} is neither 0 nor 1")
+        vring = self._vring(msg, index)
+        vring.enabled = bool(enable)
+        log.info("%s: queue %d %s", self.name, index, "enabled" if enable else "disabled")
+        if vring.enabled:
+            vring.serve()  # work the driver queued before the ring was enabled
+
+    def _start(self, vring: Vring, msg: Message) -> None:
+        """Kick received: translate the ring addresses and take the ring over at its base."""
+        if vring.num == 0 or vring.addr is None:
+            raise ProtocolError(f"{msg.name}: queue {vring.index} started before its size and addresses were set")
+        features = self.device.driver_features
+        packed = bool(features & Feature.RING_PACKED)
+        # Packed: "avail" is the driver event area and "used" the device event area.
+        gpas = []
+        for uva, length in zip(vring.addr, area_bytes(features, vring.num)):
+            gpa = self.memory.to_gpa(uva, length)
+            if gpa is None:
+                raise ProtocolError(f"{msg.name}: ring address {uva:#x} (+{length}) is not in any memory region")
+            gpas.append(gpa)
+        desc, driver_area, device_area = gpas
+        try:
+            vring.start(self.memory.mem, features, desc, driver_area, device_area)
+        except (VringError, ValueError, TypeError) as exc:
+            raise ProtocolError(f"{msg.name}: queue {vring.index} cannot start: {exc}") from None
+        self.kicks.watch(vring)
+        log.info("%s: queue %d started (%s): size %d, desc %#x, avail %#x, used %#x, base %#x", self.name,
+                 vring.index, "packed" if packed else "split", vring.num, desc, driver_area, device_area, vring.base)
+        if vring.enabled:
+            vring.serve()
+
+    def _stop(self, vring: Vring) -> None:
+        vring.stop()
+        self.kicks.unwatch(vring)
+
+    # -- config space --------------------------------------------------------------------------------------
+    def _on_get_config(self, msg: Message) -> bytes:
+        if len(msg.payload) < CONFIG_HEAD.size:
+            raise ProtocolError(f"GET_CONFIG: payload of {len(msg.payload)} bytes is too short")
+        offset, size, flags = CONFIG_HEAD.unpack_from(msg.payload)
+        self._expect(msg, CONFIG_HEAD.size + size)
+        if offset + size > MAX_CONFIG_SIZE:
+            raise ProtocolError(f"GET_CONFIG: {size} bytes at {offset} is past the {MAX_CONFIG_SIZE}-byte limit")
+        config = bytes(self.device.config) + bytes(MAX_CONFIG_SIZE)  # past the device's fields: zeros
+        return CONFIG_HEAD.pack(offset, size, flags) + config[offset:offset + size]
+
+    def _on_set_config(self, msg: Message) -> Reply:
+        if len(msg.payload) < CONFIG_HEAD.size:
+            raise ProtocolError(f"SET_CONFIG: payload of {len(msg.payload)} bytes is too short")
+        offset, size, _flags = CONFIG_HEAD.unpack_from(msg.payload)
+        self._expect(msg, CONFIG_HEAD.size + size)
+        try:
+            self.device.write_config(offset, msg.payload[CONFIG_HEAD.size:])
+        except VringError as exc:
+            # A guest's config write is guest input: refuse it and keep the connection (QEMU 7.2 aborts if the
+            # back-end drops the connection here).
+            log.warning("%s: SET_CONFIG refused: %s", self.name, exc)
+            return False
+        return None

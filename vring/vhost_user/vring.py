@@ -1,0 +1,114 @@
+"""One ring of a vhost-user connection: what the front-end set up for it (size, addresses, base, eventfds) and,
+while it is started, the device queue over it, served by the device and signalled through the call eventfd."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from .. import create_device_queue, ring_layout
+from .._errors import VringError
+from .._features import Feature
+from ..device import VirtioDevice
+from ..notify import read_eventfd, serve_until_idle
+from .protocol import decode_ring_base, encode_ring_base
+
+log = logging.getLogger("vring.vhost_user")
+
+
+class Vring:
+    """Queue ``index`` of ``device`` on the connection ``name`` (the prefix of its log lines)."""
+
+    def __init__(self, index: int, device: VirtioDevice, name: str) -> None:
+        self.index = index
+        self.device = device
+        self.name = name
+        self.num = 0
+        self.addr: tuple[int, int, int] | None = None  # desc, avail, used, as front-end user addresses
+        self.base = 0  # where the ring starts or stopped, as SET/GET_VRING_BASE carry it
+        self.kick = -1
+        self.call = -1
+        self.err = -1
+        self.enabled = False
+        self.queue: Any = None  # the device queue while the ring is started (kick received, not stopped)
+        self.packed = False  # the layout the queue was started with
+        self.broken = False
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def start(self, mem: Any, features: int, desc: int, driver_area: int, device_area: int) -> None:
+        """Take the ring over at its base: a device queue under the negotiated ``features`` at these
+        guest-physical addresses. Raises VringError, ValueError or TypeError for a ring that cannot be."""
+        packed = bool(features & Feature.RING_PACKED)
+        queue = create_device_queue(mem, ring_layout(features, self.num, desc, driver_area, device_area), features)
+        # A split ring's used index comes from the ring itself, as a back-end taking over a running ring must read it.
+        queue.restore(decode_ring_base(self.base, packed))
+        self.queue = queue
+        self.packed = packed
+        self.broken = False
+
+    def stop(self) -> None:
+        """Drop the device queue, keeping where it is in ``base`` for GET_VRING_BASE or a restart."""
+        if self.queue is not None:
+            self.base = encode_ring_base(self.queue.state, self.packed)
+            self.queue = None
+
+    def close(self) -> None:
+        """The connection is gone: drop the queue and close the eventfds."""
+        self.queue = None
+        self.set_kick(-1)
+        self.set_call(-1)
+        self.set_err(-1)
+
+    # -- eventfds (each replaces and closes the one before; -1 for none) -----------------------------------
+    def set_kick(self, fd: int) -> None:
+        if self.kick >= 0:
+            os.close(self.kick)
+        self.kick = fd
+
+    def set_call(self, fd: int) -> None:
+        if self.call >= 0:
+            os.close(self.call)
+        self.call = fd
+
+    def set_err(self, fd: int) -> None:
+        if self.err >= 0:
+            os.close(self.err)
+        self.err = fd
+
+    def signal(self) -> None:
+        """Interrupt the driver: the device used buffers it asked to hear about."""
+        if self.call >= 0:
+            os.eventfd_write(self.call, 1)
+
+    def signal_error(self) -> None:
+        if self.err >= 0:
+            os.eventfd_write(self.err, 1)
+
+    # -- serving -------------------------------------------------------------------------------------------
+    def kicked(self) -> None:
+        """The kick eventfd is readable: consume it and serve the ring if it runs."""
+        read_eventfd(self.kick)
+        if self.queue is not None and self.enabled:
+            self.serve()
+
+    def serve(self) -> None:
+        """Serve what the driver made available until the ring is idle with notifications re-armed. A malformed
+        ring (bad guest input) latches this ring only: logged, the error eventfd written, never served again
+        until it restarts."""
+        queue = self.queue
+        if queue is None or self.broken:
+            return
+
+        def serve_batch() -> int:
+            served, notify = self.device.process(self.index, queue)
+            if notify:
+                self.signal()
+            return served
+
+        try:
+            serve_until_idle(queue, serve_batch)
+        except VringError as exc:
+            self.broken = True
+            log.error("%s: queue %d stopped: %s", self.name, self.index, exc)
+            self.signal_error()
