@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import vring
-from vring.bench_twoproc import run_one
+from vring.bench.twoproc import run_one
 
 PACKAGE_ROOT = str(Path(vring.__file__).resolve().parent.parent)
 

@@ -4,12 +4,13 @@ benchmark, as a table (optionally JSON with the machine they ran on, and a bar c
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from dataclasses import asdict
 
-from vring.bench import default_plan, environment, format_table, plot, ratios, run_plan
+from vring.bench import (
+    Progress, can_plot, default_plan, environment, format_header, format_table, plot, ratios, run_plan, twoproc,
+    write_json,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,49 +22,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            print("vring bench: --plot needs matplotlib: pip install 'vring[plot]'", file=sys.stderr)
-            return 2
+    if args.plot and not can_plot():
+        print("vring bench: --plot needs matplotlib: pip install 'vring[plot]'", file=sys.stderr)
+        return 2
     quick = args.quick
     seconds = args.seconds or (0.08 if quick else 0.3)
     repeats = 3 if quick else 5
-    tty = sys.stderr.isatty()
-
-    def progress(text: str) -> None:
-        if tty:
-            print(f"\r\033[K{text}", end="", file=sys.stderr, flush=True)
-        else:
-            print(text, file=sys.stderr, flush=True)
-
+    progress = Progress()
     env = environment()
     t0 = time.monotonic()
     results = run_plan(default_plan(quick), seconds, repeats, progress)
-    two = []
-    if not args.no_two_process:
-        from vring.bench_twoproc import run_all
-
-        two = run_all(0.4 if quick else 1.5, progress)
-    if tty:
-        print("\r\033[K", end="", file=sys.stderr)
+    two = [] if args.no_two_process else twoproc.run_all(0.4 if quick else 1.5, progress)
+    progress.clear()
     extra = ratios(results)
-    print(f"vring {env['vring']} on {env.get('cpu', env['machine'])}, {env['python']}, {env.get('compiler', '')}")
-    print("request cycle (driver add -> device pop -> device push -> driver reap), ring of 256, best of "
-          f"{repeats} runs of {seconds:.2f} s, INDIRECT_DESC + EVENT_IDX unless named:")
+    print(format_header(env, repeats, seconds))
     print()
     print(format_table(results, extra))
     if two:
-        from vring.bench_twoproc import format_table as format_two
-
         print()
-        print(format_two(two))
+        print(twoproc.format_table(two))
     print(f"\n({time.monotonic() - t0:.1f} s)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"environment": env, "results": [asdict(r) for r in results],
-                       "ratios": dict(extra), "two_process": [asdict(t) for t in two]}, f, indent=2)
+        write_json(args.json, env, results, extra, two)
         print(f"figures written to {args.json}")
     if args.plot:
         plot(results, args.plot)

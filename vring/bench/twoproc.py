@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ._features import Feature
-from ._layout import SplitLayout
+from .._features import Feature
+from .._layout import SplitLayout
+from .cases import twin
 
 SIZE = 256
 MEM_BYTES = 4 << 20
@@ -79,8 +80,6 @@ def _device(impl, fd: int, mode: str, copy: bool, kick: int, call: int) -> None:
 
 
 def run_one(mode: str, copy: bool, seconds: float, impl_name: str = "cython") -> TwoProcessResult:
-    from .bench import twin
-
     impl = twin(impl_name)
     fd = os.memfd_create("vring-bench")
     os.ftruncate(fd, MEM_BYTES)
