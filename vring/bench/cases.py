@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .._factory import contiguous_layout, create_device_queue, create_driver_queue
 from .._features import Feature
-from .._layout import PackedLayout, SplitLayout
 
 BASE = 0x4000_0000  # guest-physical base: 1 GiB, so that an address mix-up cannot pass unnoticed
 MEM_BYTES = 4 << 20
@@ -31,6 +31,7 @@ FEATURE_SETS: dict[str, int] = {
     "event_idx": Feature.EVENT_IDX,
     "indirect+event_idx": Feature.INDIRECT_DESC | Feature.EVENT_IDX,
 }
+RINGS: dict[str, int] = {"split": 0, "packed": Feature.RING_PACKED}  # the feature bit that picks the ring
 
 
 def twin(name: str) -> types.ModuleType:
@@ -55,20 +56,13 @@ class Rig:
     size: int
 
 
-def make_rig(impl: types.ModuleType, shape: str, features: int, size: int = 256, packed: bool = False) -> Rig:
+def make_rig(impl: types.ModuleType, shape: str, features: int, size: int = 256, ring: str = "split") -> Rig:
     mem = impl.GuestMemory()
     mem.add_region(BASE, np.zeros(MEM_BYTES, np.uint8))
-    features = int(features) | Feature.VERSION_1
-    layout: PackedLayout | SplitLayout
-    if packed:
-        layout = PackedLayout.contiguous(size, BASE)
-        drv = impl.PackedDriverQueue(mem, layout, features | Feature.RING_PACKED, indirect_area=TABLES,
-                                     indirect_max=4)
-        dev = impl.PackedDeviceQueue(mem, layout, features | Feature.RING_PACKED)
-    else:
-        layout = SplitLayout.contiguous(size, BASE)
-        drv = impl.DriverQueue(mem, layout, features, indirect_area=TABLES, indirect_max=4)
-        dev = impl.DeviceQueue(mem, layout, features)
+    features = int(features) | Feature.VERSION_1 | RINGS[ring]
+    layout = contiguous_layout(features, size, BASE)
+    drv = create_driver_queue(mem, layout, features, twin=impl, indirect_area=TABLES, indirect_max=4)
+    dev = create_device_queue(mem, layout, features, twin=impl)
     return Rig(impl, mem, drv, dev, SHAPES[shape], size)
 
 
@@ -149,7 +143,7 @@ def case_c_floor(rig: Rig, batch: int, per_call: int = 4096) -> tuple[Callable[[
 
 def make_case(impl_name: str, api: str, shape: str = "3desc", features: str = "indirect+event_idx",
               batch: int = 32, ring: str = "split") -> tuple[Callable[[], None], int]:
-    rig = make_rig(twin(impl_name), shape, FEATURE_SETS[features], packed=ring == "packed")
+    rig = make_rig(twin(impl_name), shape, FEATURE_SETS[features], ring=ring)
     if api == "percall":
         return case_percall(rig)
     if api == "batch":
