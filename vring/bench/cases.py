@@ -35,6 +35,7 @@ RINGS: dict[str, int] = {"split": 0, "packed": Feature.RING_PACKED}  # the featu
 
 
 def twin(name: str) -> types.ModuleType:
+    """The engine called ``"python"`` or ``"cython"``, imported when asked for (the factory's ``twin=``)."""
     if name == "python":
         from .. import _pyring
 
@@ -57,6 +58,7 @@ class Rig:
 
 
 def make_rig(impl: types.ModuleType, shape: str, features: int, size: int = 256, ring: str = "split") -> Rig:
+    """A ring of ``size`` (``ring``: a key of RINGS) with ``features`` plus VERSION_1, indirect tables of 4."""
     mem = impl.GuestMemory()
     mem.add_region(BASE, np.zeros(MEM_BYTES, np.uint8))
     features = int(features) | Feature.VERSION_1 | RINGS[ring]
