@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from vring.bench import FEATURE_SETS, make_case
+from vring.bench.cases import FEATURE_SETS, make_case
 
 CASES = []
 for shape in ("1desc", "3desc"):

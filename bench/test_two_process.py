@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from vring.bench_twoproc import run_one
+from vring.bench.twoproc import run_one
 
 
 @pytest.mark.benchmark(group="two-process blk read", min_rounds=1, warmup=False)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
+
 import vring
 from vring import Feature, SplitLayout
 
 
-def main() -> int:
+def add_arguments(_parser: argparse.ArgumentParser) -> None:
+    """`vring demo` takes no arguments."""
+
+
+def run(_args: argparse.Namespace) -> int:
     mem = vring.GuestMemory()
     ram = bytearray(1 << 20)  # the "guest's" memory: any writable buffer (bytearray, mmap, numpy array)
     mem.add_region(0x4000_0000, ram)  # at guest-physical address 1 GiB

@@ -14,8 +14,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ._features import Feature
-from ._layout import SplitLayout
+from .._factory import contiguous_layout, create_device_queue, create_driver_queue
+from .._features import Feature
+from ..notify import RingError, serve_until_idle, wait_for_used
+from .cases import twin
 
 SIZE = 256
 MEM_BYTES = 4 << 20
@@ -52,21 +54,16 @@ def _device(impl, fd: int, mode: str, copy: bool, kick: int, call: int) -> None:
     ram = memoryview(buf)
     mem = impl.GuestMemory()
     mem.add_region(0, buf)
-    dev = impl.DeviceQueue(mem, SplitLayout.contiguous(SIZE, 0), FEATURES)
+    dev = create_device_queue(mem, contiguous_layout(FEATURES, SIZE, 0), FEATURES, twin=impl)
     batch = impl.Batch(SIZE, 3 * SIZE)
     batch.lens[:] = 4097
     image = bytes(range(256)) * 16
-    if mode == "poll":
-        dev.disable_notifications()
-    while not buf[STOP]:
+    uses_eventfds = mode == "eventfd"
+
+    def serve_batch() -> int:
         n = dev.pop_batch(batch)
         if n == 0:
-            if mode == "eventfd":
-                if dev.enable_notifications():
-                    continue
-                _wait(kick, 200)
-                dev.disable_notifications()
-            continue
+            return 0
         if copy:
             starts = batch.seg_start[:n].tolist()
             addrs = batch.seg_addr[:batch.seg_start[n]].tolist()  # the segments popped, not the whole array
@@ -74,13 +71,22 @@ def _device(impl, fd: int, mode: str, copy: bool, kick: int, call: int) -> None:
                 data = addrs[s + 1]  # header, data, status: the data buffer is the second segment
                 ram[data:data + 4096] = image
         dev.push_batch(batch)
-        if mode == "eventfd" and dev.notify_needed():
+        if uses_eventfds and dev.notify_needed():
             os.eventfd_write(call, 1)
+        return n
+
+    if mode == "poll":
+        dev.disable_notifications()
+        while not buf[STOP]:
+            serve_batch()
+        return
+    while not buf[STOP]:
+        # No polling window: this mode measures sleeping on the kick as soon as the ring is empty.
+        serve_until_idle(dev, serve_batch, poll_seconds=0)
+        _wait(kick, 200)
 
 
 def run_one(mode: str, copy: bool, seconds: float, impl_name: str = "cython") -> TwoProcessResult:
-    from .bench import twin
-
     impl = twin(impl_name)
     fd = os.memfd_create("vring-bench")
     os.ftruncate(fd, MEM_BYTES)
@@ -100,8 +106,8 @@ def run_one(mode: str, copy: bool, seconds: float, impl_name: str = "cython") ->
     try:
         mem = impl.GuestMemory()
         mem.add_region(0, buf)
-        drv = impl.DriverQueue(mem, SplitLayout.contiguous(SIZE, 0), FEATURES, indirect_area=TABLES,
-                               indirect_max=4)
+        drv = create_driver_queue(mem, contiguous_layout(FEATURES, SIZE, 0), FEATURES, twin=impl,
+                                  indirect_area=TABLES, indirect_max=4)
         requests = impl.Batch(SIZE, 3 * SIZE)
         for k in range(SIZE):  # every slot its own buffers
             requests.seg_addr[3 * k:3 * k + 3] = (HDRS + 16 * k, DATA + 4096 * k, STATUS + k)
@@ -132,10 +138,10 @@ def run_one(mode: str, copy: bool, seconds: float, impl_name: str = "cython") ->
                 if time.perf_counter() >= deadline:
                     break
             if n == 0 and mode == "eventfd":
-                if drv.enable_interrupts():
-                    continue
-                if not _wait(call, 5000):
-                    raise RuntimeError("the device process went quiet")
+                try:
+                    wait_for_used([drv], [call], time.monotonic() + 5)
+                except RingError as exc:
+                    raise RuntimeError("the device process went quiet") from exc
                 drv.disable_interrupts()
         elapsed = time.perf_counter() - t0
     finally:

@@ -10,9 +10,9 @@ import sys
 import time
 from typing import Any
 
-from .devices.blk import FEATURE_NAMES, SECTOR
-from .drivers.blk import BlkClient, BlkError
-from .vhost_user.frontend import BackendError, Frontend
+from vring.devices.blk import FEATURE_NAMES, SECTOR
+from vring.drivers.blk import BlkClient, BlkError
+from vring.vhost_user.frontend import BackendError, Frontend
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _info(client: BlkClient, _args: argparse.Namespace) -> int:
-    from ._features import Feature
+    from vring._features import Feature
 
     features = client.features
     names = [name for bit, name in FEATURE_NAMES.items() if features & bit]
