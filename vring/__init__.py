@@ -7,8 +7,7 @@ The engine comes in two twins with the same classes and behaviour: ``vring._crin
 
 from __future__ import annotations
 
-import os
-import platform
+from typing import TYPE_CHECKING
 
 from ._errors import (
     AddressError,
@@ -23,29 +22,15 @@ from ._features import ENGINE_FEATURES, Feature, need_event
 from ._factory import contiguous_bytes, contiguous_layout, create_device_queue, create_driver_queue
 from ._layout import PackedLayout, RingLayout, SplitLayout, area_bytes, ring_layout
 from ._state import QueueState
+from ._twin import ENGINE, IMPLEMENTATION
 from ._version import __version__
 
-if os.environ.get("VRING_PUREPYTHON", "") not in ("", "0"):
+if TYPE_CHECKING:  # the twins share one interface: type checkers read the pure-Python reference's
     from ._pyring import Batch, Chain, DeviceQueue, DriverQueue, GuestMemory, PackedDeviceQueue, PackedDriverQueue
-
-    IMPLEMENTATION = "python"
 else:
-    try:
-        from ._cring import (  # type: ignore[no-redef]  # the twin chosen at import
-            Batch, Chain, DeviceQueue, DriverQueue, GuestMemory, PackedDeviceQueue, PackedDriverQueue,
-        )
-    except ImportError:
-        # Only an interpreter that cannot load CPython extensions falls back; on CPython a missing or broken
-        # extension is an installation error worth a loud failure.
-        if platform.python_implementation() == "CPython":
-            raise
-        from ._pyring import (  # type: ignore[no-redef]
-            Batch, Chain, DeviceQueue, DriverQueue, GuestMemory, PackedDeviceQueue, PackedDriverQueue,
-        )
-
-        IMPLEMENTATION = "python"
-    else:
-        IMPLEMENTATION = "cython"
+    Batch, Chain, GuestMemory = ENGINE.Batch, ENGINE.Chain, ENGINE.GuestMemory
+    DeviceQueue, DriverQueue = ENGINE.DeviceQueue, ENGINE.DriverQueue
+    PackedDeviceQueue, PackedDriverQueue = ENGINE.PackedDeviceQueue, ENGINE.PackedDriverQueue
 
 __all__ = [
     "ENGINE_FEATURES",

@@ -9,14 +9,11 @@ from typing import Any
 from ._errors import caller_error
 from ._features import Feature
 from ._layout import PackedLayout, RingLayout, SplitLayout
+from ._twin import ENGINE
 
 
 def _twin(twin: types.ModuleType | None) -> Any:
-    if twin is not None:
-        return twin
-    import vring  # the twin vring chose at import (Cython, or pure Python under VRING_PUREPYTHON=1)
-
-    return vring
+    return ENGINE if twin is None else twin  # by default the twin vring chose at import
 
 
 def _check_kind(layout: RingLayout, features: int) -> bool:

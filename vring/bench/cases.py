@@ -40,7 +40,7 @@ def twin(name: str) -> types.ModuleType:
         from .. import _pyring
 
         return _pyring
-    from .. import _cring
+    import vring._cring as _cring
 
     return _cring
 
@@ -130,7 +130,7 @@ def case_device_only(rig: Rig, batch: int) -> tuple[Callable[[], None], int]:
 
 def case_c_floor(rig: Rig, batch: int, per_call: int = 4096) -> tuple[Callable[[], None], int]:
     """The same cycle with no Python in the loop (vring._cring.run_cycles); Cython core only."""
-    from .. import _cring
+    import vring._cring as _cring
 
     if rig.impl is not _cring:
         raise ValueError("the C floor runs on the Cython core")

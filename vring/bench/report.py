@@ -52,7 +52,7 @@ def environment() -> dict[str, str]:
     except OSError:
         pass
     try:
-        from .. import _cring
+        import vring._cring as _cring
 
         info["compiler"] = _cring.COMPILER
         info["cflags"] = _cring.BUILD_CFLAGS

@@ -22,7 +22,7 @@ def run(_args: argparse.Namespace) -> int:
     print("ring layouts: split, packed")
     print(f"engine features: {', '.join(names)} ({int(ENGINE_FEATURES):#x})")
     try:
-        from vring import _cring
+        import vring._cring as _cring
     except ImportError as exc:
         print(f"compiled core: not available ({exc})")
     else:
