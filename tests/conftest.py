@@ -8,7 +8,7 @@ import pytest
 
 from vring import _pyring
 
-from guest_fixtures import kernel  # noqa: F401  (the guest kernel, shared with bench/)
+from support.guest_fixtures import kernel  # noqa: F401  (the guest kernel, shared with bench/)
 
 try:
     from vring import _cring

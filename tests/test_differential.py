@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from vring import Feature
 
 from conftest import twin_module
-from ringkit import BASE, DATA, MEM_SIZE, make_pair
+from vring.testing import BASE, DATA, MEM_SIZE, make_pair
 
 SEG = st.tuples(st.integers(0, 0x7000), st.integers(1, 0x900))  # (offset into the data area, length)
 OPS = st.one_of(

@@ -43,7 +43,7 @@ def test_environment_forces_pure_python():
 def test_twins_have_the_same_public_attributes():
     from vring import _cring
 
-    from ringkit import DATA, make_pair
+    from vring.testing import DATA, make_pair
 
     def public(obj):
         return {n for n in dir(obj) if not n.startswith("_")}

@@ -10,7 +10,7 @@ import pytest
 
 from vring import Feature, MalformedChain, MalformedUsed, QueueBroken, QueueFull, QueueState
 
-from ringkit import BASE, DATA, MEM_SIZE, TABLES, make_pair
+from vring.testing import BASE, DATA, MEM_SIZE, TABLES, make_pair
 
 EV, IND = Feature.EVENT_IDX, Feature.INDIRECT_DESC
 NEXT, WRITE, INDIRECT = 1, 2, 4

@@ -12,7 +12,7 @@ from vring import Feature
 from vring.devices.blk import S_IOERR, BlkClient, BlkError
 from vring.vhost_user.frontend import Frontend
 
-from backends import BACKENDS
+from support.backends import BACKENDS
 
 IMAGE_BYTES = 4 << 20
 
