@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import vring
 from vring.bench_twoproc import run_one
 
@@ -19,6 +21,7 @@ def vring_cli(*args: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ, PYTHONPATH=PACKAGE_ROOT))
 
 
+@pytest.mark.c_extension  # the table has the Cython rows
 def test_bench_quick_prints_the_table_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     done = vring_cli("bench", "--quick", "--seconds", "0.002", "--no-two-process", "--json", str(out))
@@ -36,6 +39,7 @@ def test_bench_quick_prints_the_table_and_writes_json(tmp_path):
     assert len(figures["ratios"]) == 12
 
 
+@pytest.mark.c_extension  # with matplotlib, the whole table runs, Cython rows too
 def test_bench_plot_needs_matplotlib_or_writes_a_png(tmp_path):
     png = tmp_path / "bench.png"
     done = vring_cli("bench", "--quick", "--seconds", "0.001", "--no-two-process", "--plot", str(png))
@@ -49,6 +53,7 @@ def test_bench_plot_needs_matplotlib_or_writes_a_png(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.c_extension  # run_one benchmarks the Cython twin
 def test_two_process_benchmark_moves_requests():
     for mode in ("poll", "eventfd"):
         result = run_one(mode, True, 0.05)
