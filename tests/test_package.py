@@ -44,6 +44,9 @@ def test_environment_forces_pure_python():
 
 
 # -- the twins have the same public classes, attributes and signatures -----------------------------------------
+CLASSES = ["GuestMemory", "Chain", "Batch", "DeviceQueue", "DriverQueue", "PackedDeviceQueue", "PackedDriverQueue"]
+
+
 def instances(twin: types.ModuleType) -> dict[str, object]:
     """One object of each public class of ``twin``, in the same state on both twins (a chain in flight)."""
     split, packed = make_pair(twin), make_pair(twin, packed=True)
@@ -76,7 +79,6 @@ def constructor_arguments(twin: types.ModuleType, name: str) -> dict[str, object
     }[name]
 
 
-CLASSES = ["GuestMemory", "Chain", "Batch", "DeviceQueue", "DriverQueue", "PackedDeviceQueue", "PackedDriverQueue"]
 # Differences of the twins known today, each failing its test until fixed (then xfail strict fails: drop it).
 ATTRIBUTES_DIFFER = dict.fromkeys(
     ["PackedDeviceQueue", "PackedDriverQueue"],
@@ -91,9 +93,13 @@ CONSTRUCTORS_DIFFER = {
 def each_class(known_differences: dict[str, str]) -> list:
     """The public classes as parameters of a test that needs both twins; a known difference marks its class
     xfail (strict: the test fails once the twins agree, so that the mark goes)."""
-    return [pytest.param(name, id=name, marks=[pytest.mark.c_extension] + (
-        [pytest.mark.xfail(strict=True, reason=known_differences[name])] if name in known_differences else []))
-        for name in CLASSES]
+    params = []
+    for name in CLASSES:
+        marks = [pytest.mark.c_extension]
+        if name in known_differences:
+            marks.append(pytest.mark.xfail(strict=True, reason=known_differences[name]))
+        params.append(pytest.param(name, id=name, marks=marks))
+    return params
 
 
 def public(obj: object) -> dict[str, bool]:
