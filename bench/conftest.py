@@ -5,4 +5,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from guest_fixtures import kernel  # noqa: E402,F401  (the guest kernel fixture)
+from support.guest_fixtures import kernel  # noqa: E402,F401  (the guest kernel fixture)

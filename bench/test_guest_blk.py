@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import guest
-from backends import BACKENDS
+from support import guest
+from support.backends import BACKENDS
 
 IMAGE_MIB = 128
 # busybox date has no nanoseconds: /proc/uptime gives centiseconds, enough for a read of a second or so.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the integration tests need from Debian: QEMU to boot a guest without KVM (tests/guest.py) and its
+# What the integration tests need from Debian: QEMU to boot a guest without KVM (tests/support/guest.py) and its
 # storage daemon, a stock kernel with its virtio modules, a static busybox as the guest's whole userland, and
 # DPDK's testpmd as a vhost-user-net back-end (tests/test_dpdk.py).
 # Installs only what is missing, so a second run does nothing; works as root or through sudo, with no stdin.

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import vring
 
 
+@pytest.mark.c_extension  # compiles the core's source with Cython
 def test_hot_loops_are_white(tmp_path):
     source_dir = Path(vring.__file__).parent
     for name in ("_cring.pyx", "_cring.pxd", "barrier.h"):

@@ -6,7 +6,7 @@ import pytest
 
 from vring import AddressError, Feature, MalformedChain, QueueBroken
 
-from ringkit import BASE, DATA, NEXT, WRITE, make_pair
+from vring.testing import BASE, DATA, NEXT, WRITE, make_pair
 
 BLK = [(DATA, 16, False), (DATA + 0x1000, 4096, True), (DATA + 0x3000, 1, True)]
 

@@ -22,6 +22,7 @@ def vring_cli(*args: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ, PYTHONPATH=PACKAGE_ROOT))
 
 
+@pytest.mark.c_extension  # the table has the Cython rows
 def test_bench_quick_prints_the_table_and_writes_json(tmp_path):
     plan = default_plan(quick=True)
     # Every ratio the plan's cases allow, named as a run with any figures names them.
@@ -47,6 +48,7 @@ def test_bench_quick_prints_the_table_and_writes_json(tmp_path):
     assert figures["two_process"] == []
 
 
+@pytest.mark.c_extension  # with matplotlib, the whole table runs, Cython rows too
 def test_bench_plot_needs_matplotlib_or_writes_a_png(tmp_path):
     png = tmp_path / "bench.png"
     done = vring_cli("bench", "--quick", "--seconds", "0.001", "--no-two-process", "--plot", str(png))
@@ -60,6 +62,7 @@ def test_bench_plot_needs_matplotlib_or_writes_a_png(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.c_extension  # run_one benchmarks the Cython twin
 def test_two_process_benchmark_moves_requests():
     for mode in ("poll", "eventfd"):
         result = run_one(mode, True, 0.05)

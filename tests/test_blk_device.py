@@ -13,7 +13,7 @@ from vring.devices import blk
 from vring.devices.blk import BlkDevice, S_IOERR, S_OK, S_UNSUPP
 from vring.devices.rng import RngDevice
 
-from ringkit import DATA, make_pair
+from vring.testing import DATA, make_pair
 
 HDR, BUF, STATUS = DATA, DATA + 0x1000, DATA + 0x7000
 SECTORS = 64

@@ -4,13 +4,14 @@ return the same values and raise the same errors — including when the other si
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vring import Feature
 
 from conftest import twin_module
-from ringkit import BASE, DATA, MEM_SIZE, make_pair
+from vring.testing import BASE, DATA, MEM_SIZE, make_pair
 
 SEG = st.tuples(st.integers(0, 0x7000), st.integers(1, 0x900))  # (offset into the data area, length)
 OPS = st.one_of(
@@ -190,18 +191,21 @@ def compare(size, features, ops, sides=None, packed=False):
     return c, py, results
 
 
+@pytest.mark.c_extension  # the Cython twin against the Python one
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from([1, 2, 4, 8, 16]), FEATURES, st.lists(OPS, max_size=80))
 def test_twins_agree_byte_for_byte(size, features, ops):
     compare(size, features, ops)
 
 
+@pytest.mark.c_extension  # the Cython twin against the Python one
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(1, 17), FEATURES | st.just(Feature.EVENT_IDX | Feature.IN_ORDER), st.lists(OPS, max_size=80))
 def test_packed_twins_agree_byte_for_byte(size, features, ops):
     compare(size, features, ops, packed=True)
 
 
+@pytest.mark.c_extension  # the Cython twin against the Python one
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from([8, 256]), FEATURES, st.lists(OPS, max_size=20), st.lists(OPS, max_size=20))
 def test_twins_agree_across_16_bit_index_wraparound(size, features, before, after):

@@ -23,7 +23,7 @@ from vring._features import Feature
 from vring.drivers.net import MAX_FRAME, NetClient
 from vring.vhost_user.frontend import BackendError, Frontend
 
-from backends import _stop, _wait_for_socket, require
+from support.backends import _stop, _wait_for_socket, require
 
 TESTPMD_LIFETIME = 60  # seconds: `timeout` ends testpmd even if the fixture's teardown never runs
 

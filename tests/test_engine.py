@@ -8,7 +8,7 @@ import pytest
 import vring
 from vring import AddressError, Feature, QueueFull, QueueState
 
-from ringkit import BASE, DATA, DESC, INDIRECT, NEXT, TABLES, WRITE, make_pair
+from vring.testing import BASE, DATA, DESC, INDIRECT, NEXT, TABLES, WRITE, make_pair
 
 EV = Feature.EVENT_IDX
 IND = Feature.INDIRECT_DESC

@@ -19,7 +19,7 @@ from vring.drivers.blk import BlkClient
 from vring.vhost_user.frontend import Allocator, BackendError, Frontend
 from vring.vhost_user.protocol import FLAG_REPLY, U64, VERSION, Request, recv_message
 
-from backends import vring_blk
+from support.backends import vring_blk
 
 PACKAGE_ROOT = str(Path(vring.__file__).resolve().parent.parent)
 

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import pytest
 
-import guest
+from support import guest
 
 IMAGE_SIZE = 4 << 20
 PATTERN = b"vring-guest-pattern"

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-import guest
-from backends import vring_blk
+from support import guest
+from support.backends import vring_blk
 
 IMAGE_SIZE = 8 << 20
 PATTERN = (b"vring-guest-write-" * 300)[:4096]

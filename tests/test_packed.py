@@ -3,36 +3,18 @@ and every malformed ring — the device's checks and the driver's."""
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 import pytest
 
 from vring import Feature, MalformedChain, MalformedUsed, QueueBroken, QueueFull, QueueState
 
-from ringkit import BASE, DATA, MEM_SIZE, TABLES, make_pair
+from vring.testing import AVAIL, BASE, DATA, INDIRECT, MEM_SIZE, NEXT, TABLES, USED, WRITE, make_pair
 
 EV, IND = Feature.EVENT_IDX, Feature.INDIRECT_DESC
-NEXT, WRITE, INDIRECT = 1, 2, 4
-AVAIL, USED = 1 << 7, 1 << 15
-PDESC = struct.Struct("<QIHH")
 
 
 def packed(twin, size=8, features=0, **kw):
     return make_pair(twin, size=size, features=features, packed=True, **kw)
-
-
-def desc(p, pos):
-    return PDESC.unpack(p.mem.read(p.layout.desc + 16 * pos, 16))
-
-
-def write_desc(p, pos, addr, length, buffer_id, flags, table=None):
-    p.mem.write((p.layout.desc if table is None else table) + 16 * pos, PDESC.pack(addr, length, buffer_id, flags))
-
-
-def event(p, which):
-    gpa = p.layout.driver_event if which == "driver" else p.layout.device_event
-    return struct.unpack("<HH", p.mem.read(gpa, 4))
 
 
 @pytest.mark.parametrize("features", [0, EV, IND | EV], ids=["plain", "event_idx", "indirect+event_idx"])
@@ -55,19 +37,19 @@ def test_cycles_across_many_laps(twin, size, features):
 def test_descriptor_flags_follow_the_wrap_counter(twin):
     p = packed(twin, 4)
     p.drv.add([(DATA, 8)], [(DATA + 8, 8)])  # slots 0 and 1, lap 1
-    assert desc(p, 0) == (DATA, 8, 0, NEXT | AVAIL)
-    assert desc(p, 1) == (DATA + 8, 8, 0, WRITE | AVAIL)
+    assert p.read_packed_desc(0) == (DATA, 8, 0, NEXT | AVAIL)
+    assert p.read_packed_desc(1) == (DATA + 8, 8, 0, WRITE | AVAIL)
     chain = p.dev.pop()
     p.dev.push(chain.head, 3)
-    assert desc(p, 0)[1:] == (3, 0, AVAIL | USED | WRITE)  # one used descriptor for the whole chain
+    assert p.read_packed_desc(0)[1:] == (3, 0, AVAIL | USED | WRITE)  # one used descriptor for the whole chain
     p.drv.pop_used()
     p.drv.add([(DATA, 8)], [(DATA + 8, 8), (DATA + 16, 8)])  # slots 2, 3 (lap 1) and 0 (lap 0)
-    assert desc(p, 2)[3] == NEXT | AVAIL and desc(p, 3)[3] == NEXT | WRITE | AVAIL
-    assert desc(p, 0)[3] == WRITE | USED  # lap 0: AVAIL clear, USED set
+    assert p.read_packed_desc(2)[3] == NEXT | AVAIL and p.read_packed_desc(3)[3] == NEXT | WRITE | AVAIL
+    assert p.read_packed_desc(0)[3] == WRITE | USED  # lap 0: AVAIL clear, USED set
     chain = p.dev.pop()
     assert chain.writable_len == 16
     p.dev.push(chain.head, 0)
-    assert desc(p, 2)[3] == AVAIL | USED
+    assert p.read_packed_desc(2)[3] == AVAIL | USED
     assert p.drv.pop_used() == [(0, 0)]
     assert p.dev.state == QueueState(1, 1, 0, 0) and p.drv.num_free == 4
 
@@ -93,7 +75,7 @@ def test_in_order_batch_completion(twin):
     p.drv.kick_needed()
     chains = p.dev.pop_many(3)
     # A device writing only the last buffer's used descriptor, at the first used slot.
-    write_desc(p, 0, 0, 5, chains[2].head, AVAIL | USED | WRITE)
+    p.write_packed_desc(0, 0, 5, chains[2].head, AVAIL | USED | WRITE)
     assert p.drv.pop_used() == [("a", 0), ("b", 0), ("c", 5)]
     assert p.drv.num_free == 8 and p.drv.in_flight == 0
 
@@ -101,7 +83,7 @@ def test_in_order_batch_completion(twin):
 def test_indirect_chain(twin):
     p = packed(twin, 4, IND)
     head = p.drv.add([(DATA, 16)], [(DATA + 0x1000, 512), (DATA + 0x2000, 1)])
-    assert desc(p, 0) == (TABLES + head * 16 * 16, 48, head, INDIRECT | AVAIL)
+    assert p.read_packed_desc(0) == (TABLES + head * 16 * 16, 48, head, INDIRECT | AVAIL)
     assert p.drv.num_free == 3
     chain = p.dev.pop()
     assert chain.indirect and chain.segments == [(DATA, 16, False), (DATA + 0x1000, 512, True),
@@ -129,7 +111,7 @@ def test_event_suppression_with_flags(twin):
     p.drv.add([(DATA, 8)])
     assert p.drv.kick_needed()  # device event ENABLE (zeroed memory)
     p.dev.disable_notifications()
-    assert event(p, "device") == (0, 1)
+    assert p.device_event == (0, 1)
     p.drv.add([(DATA, 8)])
     assert not p.drv.kick_needed()
     assert p.dev.enable_notifications()  # work arrived meanwhile
@@ -147,7 +129,7 @@ def test_event_suppression_with_event_idx(twin):
     p.drv.add([(DATA, 8)])
     assert p.drv.kick_needed()
     chain = p.dev.pop()
-    assert event(p, "device") == (1 | 1 << 15, 2)  # next descriptor slot 1, lap 1, DESC
+    assert p.device_event == (1 | 1 << 15, 2)  # next descriptor slot 1, lap 1, DESC
     p.drv.add([(DATA, 8)])
     assert p.drv.kick_needed()  # crosses slot 1
     p.dev.disable_notifications()
@@ -155,11 +137,11 @@ def test_event_suppression_with_event_idx(twin):
     p.drv.add([(DATA, 8)])
     assert not p.drv.kick_needed()
     assert p.dev.enable_notifications()
-    assert event(p, "device") == (2 | 1 << 15, 2)
+    assert p.device_event == (2 | 1 << 15, 2)
     p.dev.push(chain.head, 0)
     assert p.dev.notify_needed()  # the first interrupt
     p.drv.pop_used()
-    assert event(p, "driver") == (1 | 1 << 15, 2)  # after a reap, the driver asks to hear of the next one
+    assert p.driver_event == (1 | 1 << 15, 2)  # after a reap, the driver asks to hear of the next one
 
 
 def test_state_and_restore_carry_the_wrap_counters(twin):
@@ -209,31 +191,31 @@ def expect_chain_error(p, reason):
 def test_malformed_packed_rings(twin, case, reason):
     p = packed(twin, 4, 0 if case == "not-negotiated" else IND)
     if case == "id-range":
-        write_desc(p, 0, DATA, 8, 4, AVAIL)
+        p.write_packed_desc(0, DATA, 8, 4, AVAIL)
     elif case == "chain-flags":  # the second descriptor was never made available
-        write_desc(p, 0, DATA, 8, 0, NEXT | AVAIL)
+        p.write_packed_desc(0, DATA, 8, 0, NEXT | AVAIL)
     elif case == "too-long":  # every slot chains on: a loop round the ring
         for pos in range(4):
-            write_desc(p, pos, DATA, 8, 0, NEXT | (AVAIL if pos < 4 else USED))
+            p.write_packed_desc(pos, DATA, 8, 0, NEXT | (AVAIL if pos < 4 else USED))
     elif case in ("table-next", "nested"):
-        write_desc(p, 0, TABLES, 32, 0, INDIRECT | AVAIL)
-        write_desc(p, 0, DATA, 8, 0, NEXT if case == "table-next" else INDIRECT, table=TABLES)
-        write_desc(p, 1, DATA, 8, 0, 0, table=TABLES)
+        p.write_packed_desc(0, TABLES, 32, 0, INDIRECT | AVAIL)
+        p.write_packed_desc(0, DATA, 8, 0, NEXT if case == "table-next" else INDIRECT, table=TABLES)
+        p.write_packed_desc(1, DATA, 8, 0, 0, table=TABLES)
     elif case == "indirect-with-next":
-        write_desc(p, 0, TABLES, 16, 0, INDIRECT | NEXT | AVAIL)
+        p.write_packed_desc(0, TABLES, 16, 0, INDIRECT | NEXT | AVAIL)
     elif case == "table-unaligned":
-        write_desc(p, 0, TABLES, 20, 0, INDIRECT | AVAIL)
+        p.write_packed_desc(0, TABLES, 20, 0, INDIRECT | AVAIL)
     elif case == "table-outside":
-        write_desc(p, 0, BASE + MEM_SIZE - 16, 32, 0, INDIRECT | AVAIL)
+        p.write_packed_desc(0, BASE + MEM_SIZE - 16, 32, 0, INDIRECT | AVAIL)
     elif case == "zero":
-        write_desc(p, 0, DATA, 0, 0, AVAIL)
+        p.write_packed_desc(0, DATA, 0, 0, AVAIL)
     elif case == "order":
-        write_desc(p, 0, DATA, 8, 0, WRITE | NEXT | AVAIL)
-        write_desc(p, 1, DATA, 8, 0, AVAIL)
+        p.write_packed_desc(0, DATA, 8, 0, WRITE | NEXT | AVAIL)
+        p.write_packed_desc(1, DATA, 8, 0, AVAIL)
     elif case == "outside":
-        write_desc(p, 0, BASE + MEM_SIZE - 4, 8, 0, AVAIL)
+        p.write_packed_desc(0, BASE + MEM_SIZE - 4, 8, 0, AVAIL)
     elif case == "not-negotiated":
-        write_desc(p, 0, TABLES, 16, 0, INDIRECT | AVAIL)
+        p.write_packed_desc(0, TABLES, 16, 0, INDIRECT | AVAIL)
     expect_chain_error(p, reason)
 
 
@@ -244,15 +226,15 @@ def test_chain_wrapping_with_a_stale_lap_is_refused(twin):
         p.drv.kick_needed()
         p.dev.push(p.dev.pop().head)
         p.drv.pop_used()
-    write_desc(p, 3, DATA, 8, 0, NEXT | AVAIL)  # lap 1: available
+    p.write_packed_desc(3, DATA, 8, 0, NEXT | AVAIL)  # lap 1: available
     # slot 0 still holds lap 1's used descriptor: the chain cannot continue into lap 0 with it
     expect_chain_error(p, "chain-flags")
 
 
 def test_buffer_id_already_in_flight(twin):
     p = packed(twin, 4)
-    write_desc(p, 0, DATA, 8, 2, AVAIL)
-    write_desc(p, 1, DATA, 8, 2, AVAIL)
+    p.write_packed_desc(0, DATA, 8, 2, AVAIL)
+    p.write_packed_desc(1, DATA, 8, 2, AVAIL)
     assert p.dev.pop().head == 2
     expect_chain_error(p, "buffer-id-in-flight")
 
@@ -268,7 +250,7 @@ def test_malformed_used_descriptors(twin, case, reason):
         p.drv.add([(DATA, 8)], [(DATA + 8, 8)])
     ident, length = {"id-range": (9, 0), "not-in-flight": (3, 0), "too-long": (0, 9),
                      "nothing-in-flight": (0, 0)}[case]
-    write_desc(p, 0, 0, length, ident, AVAIL | USED | WRITE)
+    p.write_packed_desc(0, 0, length, ident, AVAIL | USED | WRITE)
     with pytest.raises(MalformedUsed) as info:
         p.drv.pop_used()
     assert info.value.reason == reason and p.drv.broken
@@ -294,7 +276,7 @@ def test_length_of_a_used_descriptor_without_write_is_ignored(twin):
     """Spec 2.8.4 (DPDK's vhost back-end writes a length on transmit buffers without setting WRITE)."""
     p = packed(twin, 4)
     p.drv.add([(DATA, 100)], token="tx")
-    write_desc(p, 0, 0, 72, 0, AVAIL | USED)
+    p.write_packed_desc(0, 0, 72, 0, AVAIL | USED)
     assert p.drv.pop_used() == [("tx", 0)]
 
 

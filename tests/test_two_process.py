@@ -16,9 +16,9 @@ import vring
 from vring import Feature, MalformedChain, QueueState, SplitLayout
 
 from conftest import TWINS, twin_module
-from peer import REPLY, REQ
+from support.peer import REPLY, REQ
 
-PEER = str(Path(__file__).with_name("peer.py"))
+PEER = str(Path(__file__).parent / "support" / "peer.py")
 MEM = 4 << 20
 SLOT = 1024  # bytes of request and of reply buffer per request in flight
 DATA = 0x100000

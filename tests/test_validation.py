@@ -6,7 +6,7 @@ import pytest
 
 from vring import Feature, MalformedChain, MalformedUsed, QueueBroken
 
-from ringkit import BASE, DATA, INDIRECT, MEM_SIZE, NEXT, TABLES, WRITE, make_pair
+from vring.testing import BASE, DATA, INDIRECT, MEM_SIZE, NEXT, TABLES, WRITE, make_pair
 
 IND = Feature.INDIRECT_DESC
 END = BASE + MEM_SIZE  # first guest-physical address past guest memory

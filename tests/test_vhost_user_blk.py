@@ -13,7 +13,7 @@ from vring.devices.blk import S_IOERR
 from vring.drivers.blk import BlkClient, BlkError
 from vring.vhost_user.frontend import Frontend
 
-from backends import BACKENDS
+from support.backends import BACKENDS
 
 IMAGE_BYTES = 4 << 20
 

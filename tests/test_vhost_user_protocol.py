@@ -18,7 +18,7 @@ from vring.vhost_user.protocol import (
     CONFIG_HEAD, HEADER, MEM_REGION, MEM_TABLE_HEAD, U64, VRING_ADDR, VRING_STATE, Request, send_message,
 )
 
-from backends import vring_blk
+from support.backends import vring_blk
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def kernel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The guest kernel, extracted once per run (QEMU boots the uncompressed image ~3 s faster)."""
-    import guest
+    from . import guest
 
     missing = guest.missing_prerequisites()
     if missing:
