@@ -1,4 +1,4 @@
-# Chain: one descriptor chain the device popped, as the Python caller sees it.
+# Chain: one descriptor chain the device popped (split or packed ring), as the Python caller sees it.
 cdef class Chain:
     """One descriptor chain the device popped: its head and its buffers, device-readable ones first.
 

@@ -98,8 +98,9 @@ cdef inline int dev_fail_piece(ChainError *err, int reason, uint32_t head, uint3
 cdef inline int dev_open_indirect(DevQueue *q, MemMap *m, uint64_t addr, uint32_t length, uint16_t flags,
                                   uint32_t head, uint32_t index, bint in_indirect, const unsigned char **table,
                                   ChainError *err) noexcept nogil:
-    """Check an indirect descriptor, both layouts: 0 with ``table`` the host address of its table, or the failed
-    check's code (with ``err`` filled in). The same checks in the same order for split and packed rings."""
+    """Check an indirect descriptor, both layouts: 0 with ``table`` the host address of its table (and the chain
+    marked indirect), or the failed check's code (with ``err`` filled in). The same checks in the same order for
+    split and packed rings."""
     if not q.indirect:
         return dev_fail(err, CHECK_INDIRECT_NOT_NEGOTIATED, head, index, in_indirect, 0, 0)
     if in_indirect:

@@ -108,7 +108,7 @@ cdef class DriverQueue:
         cdef uint32_t i
         cdef unsigned char *area
         self._bind()
-        for gpa, length in self.layout.areas():
+        for gpa, length in self.layout.areas():  # the three areas as the layout sizes them, either kind
             bind_area(self.mem, gpa, length, &area)
             memset(area, 0, length)
         for i in range(self.q.size):
