@@ -1,9 +1,11 @@
 """Build of vring's C core: one Cython extension, compiled with warnings on; a failed compile fails the build.
 
-``VRING_DEBUG=1`` builds with assertions, -O0 -g and Cython's bounds checks for debugging the core.
+``VRING_DEBUG=1`` builds a debug core: the C macro VRING_DEBUG turns on the assertions of ``vring/_cring/debug.h``
+(the queues' invariants, one caller per queue), with -O0 -g and C asserts kept.
 """
 
 import os
+from glob import glob
 
 import numpy
 from Cython.Build import cythonize
@@ -13,20 +15,21 @@ debug = os.environ.get("VRING_DEBUG", "") not in ("", "0")
 compile_args = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O3"]
 # The engine reads shared memory through differently typed pointers on purpose: no strict aliasing.
 compile_args += ["-fno-strict-aliasing", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"]
-directives = {"language_level": "3", "embedsignature": True}
+macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), ("VRING_CFLAGS", '"' + " ".join(compile_args) + '"')]
 if debug:
-    directives.update(boundscheck=True, wraparound=True, initializedcheck=True)
+    macros.append(("VRING_DEBUG", "1"))
 
 extensions = [
     Extension(
         "vring._cring",
         ["vring/_cring.pyx"],
         include_dirs=["vring", numpy.get_include()],
-        depends=["vring/barrier.h", "vring/_cring.pxd"],
+        # The hub includes every .pxi; the headers hold the barriers and the debug assertions.
+        depends=["vring/_cring.pxd", "vring/barrier.h"] + sorted(glob("vring/_cring/*.pxi") + glob("vring/_cring/*.h")),
         extra_compile_args=compile_args,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
-                       ("VRING_CFLAGS", '"' + " ".join(compile_args) + '"')],
+        define_macros=macros,
     )
 ]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=directives, annotate=debug))
+setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": "3", "embedsignature": True},
+                            annotate=debug))

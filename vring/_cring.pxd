@@ -1,11 +1,12 @@
-# C-level declarations of the Cython twin, so that other Cython modules (benchmarks, devices) can reach the
-# engine's structs without going through Python.
+# C-level declarations of the Cython twin (split and packed rings), so that other Cython modules (benchmarks,
+# devices) can reach the engine's structs without going through Python.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 
 cdef extern from "barrier.h" nogil:
     void vring_publish_idx(uint16_t *idx, uint16_t value)
     uint16_t vring_observe_idx(const uint16_t *idx)
+    uint16_t vring_observe_desc_flags(const uint16_t *flags)
     void vring_fence_store_then_check()
     uint16_t vring_read_shared_u16(const uint16_t *p)
     void vring_write_shared_u16(uint16_t *p, uint16_t value)
@@ -15,15 +16,25 @@ cdef extern from "barrier.h" nogil:
     uint64_t vring_load_used_elem_once(const void *src)
 
 
-ctypedef struct vring_desc:          # struct virtq_desc
+ctypedef struct vring_desc:          # struct virtq_desc (split)
     uint64_t addr
     uint32_t len
     uint16_t flags
     uint16_t next
 
+ctypedef struct vring_packed_desc:   # struct pvirtq_desc
+    uint64_t addr
+    uint32_t len
+    uint16_t id
+    uint16_t flags
+
 ctypedef struct vring_used_elem:     # struct virtq_used_elem
     uint32_t id
     uint32_t len
+
+ctypedef struct vring_event_suppress:  # struct pvirtq_event_suppress
+    uint16_t off_wrap                # desc_event_off | desc_event_wrap << 15
+    uint16_t flags                   # EVENT_FLAG_ENABLE, _DISABLE or _DESC
 
 ctypedef struct Region:
     uint64_t gpa
@@ -43,60 +54,90 @@ ctypedef struct Seg:                 # one piece of a chain's buffer, inside one
     uint8_t writable
 
 ctypedef struct ChainError:          # what a failed check saw, worded later by vring._errors.chain_error
-    int reason
+    int reason                       # a CHECK_* code
     uint32_t head
     uint32_t index
     int in_indirect
     uint64_t a
     uint64_t b
 
-ctypedef struct SplitDev:
+# A queue is one struct with the state both layouts share and one struct per layout (as Linux's vring_virtqueue
+# keeps its split and packed parts); ``packed`` says which one is live, and only the dispatch layer reads it.
+
+ctypedef struct SplitDevRing:        # the device's split ring
+    vring_desc *desc                 # descriptor table
+    uint16_t *avail                  # struct virtq_avail: flags, idx, ring[size], used_event
+    unsigned char *used              # struct virtq_used: flags, idx, ring[size] of elems, avail_event
+    uint16_t avail_shadow            # avail->idx as last read: re-read only once it is used up
+    uint16_t signalled_used          # used->idx at the last notify_needed
+    uint16_t used_flags              # what we last wrote into used->flags
+
+ctypedef struct PackedDevRing:       # the device's packed ring
+    vring_packed_desc *desc          # descriptor ring
+    vring_event_suppress *driver_event   # the driver's: interrupt suppression, read
+    vring_event_suppress *device_event   # ours: kick suppression, written
+    uint8_t avail_wrap               # the driver's wrap counter we expect on available descriptors
+    uint8_t used_wrap                # our wrap counter for the used descriptors we write
+    uint32_t pushed                  # used slots written since the last notify_needed
+    uint16_t *ndesc                  # ring slots each in-flight buffer took
+    uint32_t peeked_ndesc            # ring slots of the chain the last peek found
+
+ctypedef struct DevQueue:
     uint32_t size
-    vring_desc *desc
-    uint16_t *avail                  # [0] flags, [1] idx, [2 + i] ring[i], [2 + size] used_event
-    unsigned char *used              # +0 flags, +2 idx, +4 ring of elems, +4 + 8 * size avail_event
-    uint16_t last_avail
-    uint16_t avail_shadow             # avail->idx as last read: re-read only once it is used up
-    uint16_t used_idx
-    uint16_t signalled_used
-    uint16_t used_flags
-    bint signalled_valid
+    uint16_t last_avail              # split: the free-running avail index; packed: the ring slot
+    uint16_t used_idx                # likewise for the used side
+    bint signalled_valid             # false until the first notify_needed after a reset
     bint notify_enabled
     bint event_idx
     bint indirect
     uint32_t max_indirect
-    uint8_t *inflight
-    uint32_t *inflight_wlen
+    uint8_t *inflight                # per head (buffer id): 1 while the device holds it
+    uint32_t *inflight_wlen          # per head: its chain's writable bytes
     Seg *segs                        # scratch for the chain being walked
     uint32_t segs_cap
     uint32_t nseg
     uint32_t readable_len
     uint32_t writable_len
     bint was_indirect
-    # Packed rings (the same struct serves both layouts; ``packed`` picks the functions):
+    uint8_t busy                     # debug builds: a public method is running (one caller at a time)
     bint packed
-    uint8_t avail_wrap                # the driver's wrap counter we expect on available descriptors
-    uint8_t used_wrap                 # our wrap counter for the used descriptors we write
-    uint32_t pushed                   # used slots written since the last notify_needed
-    uint16_t *ndesc                   # ring slots each in-flight buffer took
-    uint32_t peeked_ndesc
+    SplitDevRing split
+    PackedDevRing packed_ring
 
-ctypedef struct SplitDrv:
-    uint32_t size
+ctypedef struct SplitDrvRing:        # the driver's split ring
     vring_desc *desc
     uint16_t *avail
     unsigned char *used
-    uint16_t *next                   # private free-list links
+    uint16_t published               # avail->idx as last published
+    uint16_t used_shadow             # used->idx as last read: re-read only once it is used up
+    uint16_t avail_flags             # what we last wrote into avail->flags
+
+ctypedef struct PackedDrvRing:       # the driver's packed ring
+    vring_packed_desc *desc
+    vring_event_suppress *driver_event   # ours: interrupt suppression, written
+    vring_event_suppress *device_event   # the device's: kick suppression, read
+    uint8_t avail_wrap               # our wrap counter for the descriptors we make available
+    uint8_t used_wrap                # the device's wrap counter we expect on used descriptors
+    uint32_t added                   # slots made available since the last kick_needed
+    bint in_order                    # VIRTIO_F_IN_ORDER: one used descriptor may stand for earlier buffers
+    uint16_t *order                  # ring buffer of buffer ids in the order they were made available
+    uint32_t order_head
+    uint32_t order_len
+    uint16_t *skip_id                # in-order completions implied by a later used id, not yet returned
+    uint32_t *skip_len
+    uint32_t skip_head
+    uint32_t skip_count
+
+ctypedef struct DrvQueue:
+    uint32_t size
+    uint16_t *next                   # private free-list links (split: descriptors; packed: buffer ids)
     uint16_t free_head
-    uint32_t num_free
-    uint16_t *ndesc
-    uint32_t *wlen
-    uint8_t *inflight
-    uint16_t avail_idx
-    uint16_t published
-    uint16_t last_used
-    uint16_t used_shadow              # used->idx as last read: re-read only once it is used up
-    uint16_t avail_flags
+    uint32_t num_free                # free descriptors (split) or ring slots (packed)
+    uint16_t *ndesc                  # per head: descriptors (slots) its chain took
+    uint32_t *wlen                   # per head: its chain's writable bytes
+    uint8_t *inflight                # per head: 1 until reaped
+    uint16_t avail_idx               # split: the free-running avail index; packed: the ring slot
+    uint16_t last_used               # likewise for the used side
     bint event_idx
     bint use_indirect
     bint interrupts_enabled
@@ -104,19 +145,10 @@ ctypedef struct SplitDrv:
     unsigned char *indirect_host
     uint32_t indirect_max
     uint32_t indirect_threshold
-    # Packed rings:
+    uint8_t busy                     # debug builds: a public method is running (one caller at a time)
     bint packed
-    uint8_t avail_wrap
-    uint8_t used_wrap
-    uint32_t added                    # slots made available since the last kick_needed
-    bint in_order                     # VIRTIO_F_IN_ORDER: one used descriptor may stand for earlier buffers
-    uint16_t *order                   # ring buffer of buffer ids in the order they were made available
-    uint32_t order_head
-    uint32_t order_len
-    uint16_t *skip_id                 # in-order completions implied by a later used id, not yet returned
-    uint32_t *skip_len
-    uint32_t skip_head
-    uint32_t skip_count
+    SplitDrvRing split
+    PackedDrvRing packed_ring
 
 
 cdef class Batch:
@@ -158,22 +190,24 @@ cdef class Chain:
 
 
 cdef class DeviceQueue:
-    cdef SplitDev q
+    cdef DevQueue q
     cdef readonly GuestMemory mem
     cdef readonly object layout
     cdef readonly object features
     cdef readonly bint broken
     cdef readonly object error
     cdef unsigned long long _generation
+    cdef int _setup(self, GuestMemory mem, object layout, object features, object max_indirect) except -1
     cdef int _bind(self) except -1
     cdef int _check(self) except -1
     cdef _fail(self, ChainError *err)
+    cdef _reset(self)
+    cdef int _restore_indices(self, object state) except -1
     cdef _push_error(self, int code, object head, object written)
-    cdef _push_many_error(self, int code, object head, object written)
 
 
 cdef class DriverQueue:
-    cdef SplitDrv q
+    cdef DrvQueue q
     cdef readonly GuestMemory mem
     cdef readonly object layout
     cdef readonly object features
@@ -183,9 +217,12 @@ cdef class DriverQueue:
     cdef list _tokens
     cdef uint8_t *_has_token           # 1 where _tokens holds a caller's token (batch paths skip the list)
     cdef unsigned long long _generation
+    cdef int _setup(self, GuestMemory mem, object layout, object features, object indirect_area,
+                    object indirect_max, object indirect_threshold) except -1
     cdef int _bind(self) except -1
     cdef int _check(self) except -1
     cdef _fail_used(self, int code, uint64_t a, uint64_t b)
+    cdef _reset(self)
     cdef object _drop_token(self, uint16_t head)
     cdef _add_error(self, int code, uint32_t bad, const uint64_t *addrs, const long long *lens, uint32_t nseg,
                     list len_list=*)

@@ -13,30 +13,6 @@
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "vring's C core reads virtio's little-endian rings with native loads: little-endian hosts only"
-/* A descriptor (16 bytes) read once: two relaxed 64-bit loads where the table is 8-byte aligned (every descriptor
- * table, and indirect tables in practice), otherwise one copy behind a compiler barrier. Relaxed atomic loads are
- * never repeated or re-done by the compiler, so the values checked are the values used. */
-static inline void vring_load_desc_once(uint64_t words[2], const void *src) {
-    if (((uintptr_t)src & 7) == 0) {
-        words[0] = __atomic_load_n((const uint64_t *)src, __ATOMIC_RELAXED);
-        words[1] = __atomic_load_n((const uint64_t *)src + 1, __ATOMIC_RELAXED);
-    } else {
-        vring_copy_once(words, src, 16);
-    }
-}
-
-/* A used element {le32 id; le32 len} read once (4-byte aligned in any used ring): id in the low half. */
-static inline uint64_t vring_load_used_elem_once(const void *src) {
-    uint64_t v;
-    if (((uintptr_t)src & 3) == 0) {
-        v = __atomic_load_n((const uint32_t *)src, __ATOMIC_RELAXED);
-        v |= (uint64_t)__atomic_load_n((const uint32_t *)src + 1, __ATOMIC_RELAXED) << 32;
-    } else {
-        vring_copy_once(&v, src, 8);
-    }
-    return v;
-}
-
 #endif
 
 /* Publish an index (avail->idx, used->idx): every ring entry and descriptor written before it becomes visible to
@@ -55,6 +31,12 @@ static inline void vring_publish_desc_flags(uint16_t *flags, uint16_t value) {
  * (acquire load; the spec's "read memory barrier" after reading the index). */
 static inline uint16_t vring_observe_idx(const uint16_t *idx) {
     return __atomic_load_n(idx, __ATOMIC_ACQUIRE);
+}
+
+/* Observe a packed-ring descriptor's flags: the descriptor's other fields (and the rest of its chain) are read
+ * only after them (acquire load; pairs with vring_publish_desc_flags). */
+static inline uint16_t vring_observe_desc_flags(const uint16_t *flags) {
+    return __atomic_load_n(flags, __ATOMIC_ACQUIRE);
 }
 
 /* Store, then load the other side's event field or flags (EVENT_IDX and flag-based suppression): a store-load

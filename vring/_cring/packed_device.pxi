@@ -1,0 +1,147 @@
+# The device side of a packed ring (spec 2.8), in C: read and check the chains the driver made available in the
+# descriptor ring, write used descriptors in their place, decide on interrupts, ask for kicks.
+
+cdef inline void packed_dev_bind(DevQueue *q, unsigned char *desc, unsigned char *driver_event,
+                                 unsigned char *device_event) noexcept nogil:
+    q.packed_ring.desc = <vring_packed_desc *>desc
+    q.packed_ring.driver_event = <vring_event_suppress *>driver_event
+    q.packed_ring.device_event = <vring_event_suppress *>device_event
+
+
+cdef inline void packed_dev_reset(DevQueue *q) noexcept nogil:
+    q.packed_ring.avail_wrap = 1
+    q.packed_ring.used_wrap = 1
+    q.packed_ring.pushed = 0
+
+
+cdef inline void packed_dev_check_invariants(DevQueue *q) noexcept nogil:
+    cdef uint32_t i
+    vring_assert(q.last_avail < q.size and q.used_idx < q.size, "packed ring slots last_avail, used_idx < size")
+    vring_assert(q.packed_ring.avail_wrap <= 1 and q.packed_ring.used_wrap <= 1, "wrap counters are 0 or 1")
+    for i in range(q.size):
+        vring_assert(not q.inflight[i] or 1 <= q.packed_ring.ndesc[i] <= q.size,
+                     "a buffer in flight took between 1 and size slots")
+
+
+cdef inline int packed_dev_peek(DevQueue *q, MemMap *m, uint16_t *head_out, ChainError *err) noexcept nogil:
+    """Read and check the chain at last_avail without taking it: 1, 0 (nothing available) or minus a code."""
+    cdef const vring_packed_desc *ring = q.packed_ring.desc
+    cdef const unsigned char *table
+    cdef uint64_t words[2]
+    cdef uint64_t addr, readable_len = 0, writable_len = 0
+    cdef uint16_t pos = q.last_avail
+    cdef uint32_t head_pos = q.last_avail, count = 0, length, k, entries
+    cdef uint8_t wrap = q.packed_ring.avail_wrap
+    cdef uint16_t flags, buffer_id = 0
+    cdef bint seen_writable = False
+    cdef int r
+    if not packed_is_avail(packed_flags(ring, pos), wrap):
+        return 0
+    q.nseg = 0
+    q.was_indirect = False
+    while True:
+        if count >= q.size:
+            return -dev_fail(err, CHECK_CHAIN_TOO_LONG, head_pos, pos, False, q.size, 0)
+        # struct pvirtq_desc, read once: every check and every use below works on these local copies.
+        vring_load_desc_once(words, &ring[pos])
+        addr = words[0]
+        length = <uint32_t>words[1]
+        buffer_id = <uint16_t>(words[1] >> 32)
+        flags = <uint16_t>(words[1] >> 48)
+        if count and not packed_is_avail(flags, wrap):
+            return -dev_fail(err, CHECK_CHAIN_FLAGS, head_pos, pos, False, flags, wrap)
+        count += 1
+        if flags & DESC_F_INDIRECT:
+            r = dev_open_indirect(q, m, addr, length, flags, head_pos, pos, False, &table, err)
+            if r:
+                return -r
+            entries = length // DESC_SIZE
+            for k in range(entries):  # entries are sequential: NEXT has no meaning in a packed table
+                vring_load_desc_once(words, table + DESC_SIZE * k)
+                if (words[1] >> 48) & DESC_F_NEXT:
+                    return -dev_fail(err, CHECK_INDIRECT_NEXT, head_pos, k, True, 0, 0)
+                if (words[1] >> 48) & DESC_F_INDIRECT:
+                    return -dev_fail(err, CHECK_NESTED_INDIRECT, head_pos, k, True, 0, 0)
+                r = dev_piece(q, m, words[0], <uint32_t>words[1], ((words[1] >> 48) & DESC_F_WRITE) != 0,
+                              &readable_len, &writable_len, &seen_writable)
+                if r:
+                    return -dev_fail_piece(err, r, head_pos, k, True, words[0], <uint32_t>words[1])
+            break
+        r = dev_piece(q, m, addr, length, (flags & DESC_F_WRITE) != 0, &readable_len, &writable_len,
+                      &seen_writable)
+        if r:
+            return -dev_fail_piece(err, r, head_pos, pos, False, addr, length)
+        if not flags & DESC_F_NEXT:
+            break
+        packed_advance(&pos, &wrap, 1, q.size)
+    if buffer_id >= q.size:
+        return -dev_fail(err, CHECK_BUFFER_ID_OUT_OF_RANGE, head_pos, pos, False, buffer_id, q.size)
+    if q.inflight[buffer_id]:
+        return -dev_fail(err, CHECK_BUFFER_ID_IN_FLIGHT, head_pos, pos, False, buffer_id, 0)
+    q.readable_len = <uint32_t>readable_len
+    q.writable_len = <uint32_t>writable_len
+    q.packed_ring.peeked_ndesc = count
+    head_out[0] = buffer_id
+    return 1
+
+
+cdef inline void packed_dev_commit(DevQueue *q, uint16_t buffer_id) noexcept nogil:
+    q.inflight[buffer_id] = 1
+    q.inflight_wlen[buffer_id] = q.writable_len
+    q.packed_ring.ndesc[buffer_id] = <uint16_t>q.packed_ring.peeked_ndesc
+    packed_advance(&q.last_avail, &q.packed_ring.avail_wrap, q.packed_ring.peeked_ndesc, q.size)
+
+
+cdef inline void packed_dev_after_pop(DevQueue *q) noexcept nogil:
+    # With EVENT_IDX, ask for a kick at the next descriptor, in its lap (device event suppression), unless the
+    # device disabled notifications to poll.
+    if q.event_idx and q.notify_enabled:
+        packed_arm_event(q.packed_ring.device_event, True, q.last_avail, q.packed_ring.avail_wrap)
+
+
+cdef inline void packed_dev_put_used(DevQueue *q, uint16_t buffer_id, uint32_t written) noexcept nogil:
+    # The used descriptor takes the place of the chain's first slot: AVAIL = USED = our wrap counter.
+    cdef uint16_t flags = ((PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED if q.packed_ring.used_wrap else 0)
+                           | (DESC_F_WRITE if written else 0))
+    packed_publish_desc(&q.packed_ring.desc[q.used_idx], written, buffer_id, flags)
+    q.inflight[buffer_id] = 0
+    packed_advance(&q.used_idx, &q.packed_ring.used_wrap, q.packed_ring.ndesc[buffer_id], q.size)
+    q.packed_ring.pushed += q.packed_ring.ndesc[buffer_id]
+
+
+cdef inline bint packed_dev_notify_needed(DevQueue *q) noexcept nogil:
+    cdef uint16_t new = q.used_idx
+    cdef uint32_t pushed = q.packed_ring.pushed
+    cdef bint valid = q.signalled_valid
+    cdef bint wants
+    q.packed_ring.pushed = 0
+    q.signalled_valid = True
+    if valid and not pushed:
+        return False
+    # Our used descriptors must be visible before we read the driver's event suppression.
+    vring_fence_store_then_check()
+    wants = packed_event_wants(q.packed_ring.driver_event, q.event_idx, q.size, q.packed_ring.used_wrap, new,
+                               <uint16_t>(new - pushed))
+    return wants or (not valid and packed_event_flags(q.packed_ring.driver_event) != EVENT_FLAG_DISABLE)
+
+
+cdef inline uint32_t packed_dev_avail_pending(DevQueue *q) noexcept nogil:
+    """Descriptors made available from last_avail on."""
+    cdef uint32_t count = 0
+    cdef uint16_t pos = q.last_avail
+    cdef uint8_t wrap = q.packed_ring.avail_wrap
+    while count < q.size and packed_is_avail(packed_flags(q.packed_ring.desc, pos), wrap):
+        count += 1
+        packed_advance(&pos, &wrap, 1, q.size)
+    return count
+
+
+cdef inline bint packed_dev_enable_notifications(DevQueue *q) noexcept nogil:
+    packed_arm_event(q.packed_ring.device_event, q.event_idx, q.last_avail, q.packed_ring.avail_wrap)
+    # The store above must be visible before we look at the ring again, or a kick can be lost.
+    vring_fence_store_then_check()
+    return packed_is_avail(packed_flags(q.packed_ring.desc, q.last_avail), q.packed_ring.avail_wrap)
+
+
+cdef inline void packed_dev_disable_notifications(DevQueue *q) noexcept nogil:
+    packed_set_event(q.packed_ring.device_event, 0, EVENT_FLAG_DISABLE)
