@@ -2,7 +2,9 @@
 
 from .batch import Batch
 from .memory import GuestMemory
-from .packed import PackedDeviceQueue, PackedDriverQueue
-from .split import Chain, DeviceQueue, DriverQueue
+from .packed_device import PackedDeviceQueue
+from .packed_driver import PackedDriverQueue
+from .split_device import Chain, DeviceQueue
+from .split_driver import DriverQueue
 
 __all__ = ["Batch", "Chain", "DeviceQueue", "DriverQueue", "GuestMemory", "PackedDeviceQueue", "PackedDriverQueue"]
