@@ -1,10 +1,14 @@
-"""The driver's end of a split virtqueue: the pure-Python reference twin."""
+"""The driver's end of a split virtqueue (virtio 1.2, 2.7 "Split Virtqueues"): the pure-Python reference twin.
+
+Every shared-memory access goes through a ``SplitRings`` view named for the field (``rings.py``); the comments
+"release", "acquire" and "full fence" mark where the Cython twin puts its barriers.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
-from .._errors import AddressError, QueueFull, VringError, used_error
+from .._errors import VringError, caller_error, used_error
 from .._features import (
     AVAIL_F_NO_INTERRUPT,
     DEFAULT_MAX_INDIRECT,
@@ -19,31 +23,37 @@ from .._features import (
 from .._layout import PackedLayout, SplitLayout
 from .batch import Batch
 from .memory import GuestMemory
-from .split_device import _DESC, _ELEM, _U32_MAX, _as_list, _Queue, _Rings
+from .queue import Queue, as_ints
+from .rings import DESC, LEN_MAX, SplitRings
 
-class DriverQueue(_Queue):
-    """The driver's end of a split virtqueue (what a guest kernel does). Trusts nothing the device writes."""
+
+class DriverQueue(Queue):
+    """The driver's end of a split virtqueue (what a guest kernel does). Trusts nothing the device writes.
+
+    ``PackedDriverQueue`` keeps these methods for a packed ring. One caller per queue at a time; nothing may change
+    the queue or its GuestMemory's regions while a call runs (a batch call included).
+    """
 
     _side = "driver"
+    _kind = "split"
+    _layout_type: ClassVar[type] = SplitLayout  # annotated so that the packed subclass may name its own
+    _rings_type: ClassVar[type] = SplitRings
 
     def __init__(self, mem: GuestMemory, layout: SplitLayout | PackedLayout, features: int = 0, *,
                  indirect_area: int | None = None, indirect_max: int = 16, indirect_threshold: int = 2) -> None:
+        self._refuse_other_kind(layout)
         if not 1 <= indirect_max <= DEFAULT_MAX_INDIRECT:
-            raise ValueError(f"indirect_max must be between 1 and {DEFAULT_MAX_INDIRECT}")
+            raise caller_error("indirect-max", limit=DEFAULT_MAX_INDIRECT)
         if indirect_threshold < 1:
-            raise ValueError("indirect_threshold must be at least 1")
-        self.mem = mem
-        self.layout = layout
-        self.features = Feature(int(features))
-        self.size = layout.size
-        self._event_idx = bool(features & Feature.EVENT_IDX)
+            raise caller_error("indirect-threshold")
+        self._attach(mem, layout, features)
         self.indirect_area = indirect_area
         self.indirect_max = indirect_max
         self.indirect_threshold = indirect_threshold
         self._use_indirect = bool(features & Feature.INDIRECT_DESC) and indirect_area is not None
         if indirect_area is not None:
             mem.view(indirect_area, self.indirect_area_bytes(self.size, indirect_max))  # must lie in one region
-        self._rings = _Rings(mem, layout)
+        self._map_rings()
         self.reset()
 
     @staticmethod
@@ -53,9 +63,7 @@ class DriverQueue(_Queue):
 
     def reset(self) -> None:
         """Zero the three ring areas and start over with every descriptor free."""
-        rings = self._bind()
-        for view in (rings.desc, rings.avail, rings.used):
-            view[:] = bytes(len(view))
+        self._bind().clear()
         size = self.size
         self._next = list(range(1, size)) + [0]  # private free-list links: never read back from shared memory
         self._free_head = 0
@@ -81,9 +89,9 @@ class DriverQueue(_Queue):
         Returns the head index. ``token`` (default: the head) comes back from ``pop_used``. The avail index is
         published by ``kick_needed``.
         """
-        rings = self._check()
+        self._check()
         segs = [(int(a), int(n), False) for a, n in out] + [(int(a), int(n), True) for a, n in in_]
-        head = self._add(rings, segs)
+        head = self._add(segs)
         self._tokens[head] = token
         return head
 
@@ -94,29 +102,29 @@ class DriverQueue(_Queue):
         (``addrs[i]``, ``lens[i]``) and device-writable where ``writable[i]`` is true. Head indices go into
         ``heads`` if given.
         """
-        rings = self._check()
-        addrs = _as_list(addrs)
-        lens = _as_list(lens)
-        writable = _as_list(writable)
+        self._check()
+        addrs = as_ints(addrs)
+        lens = as_ints(lens)
+        writable = as_ints(writable)
         if not len(addrs) == len(lens) == len(writable):
-            raise ValueError("addrs, lens and writable differ in length")
+            raise caller_error("segment-arrays")
         if isinstance(chain_segs, int):
             if chain_segs < 1 or len(addrs) % chain_segs:
-                raise ValueError("the segments do not split into chains of chain_segs each")
+                raise caller_error("segments-uneven")
             counts = [chain_segs] * (len(addrs) // chain_segs)
         else:
-            counts = _as_list(chain_segs)
+            counts = as_ints(chain_segs)
             if sum(counts) != len(addrs):
-                raise ValueError("chain_segs does not add up to the number of segments")
+                raise caller_error("segments-total")
         if heads is not None and len(heads) < len(counts):
-            raise ValueError("heads is shorter than the number of chains")
+            raise caller_error("heads-short")
         start = 0
         done = 0
         for count in counts:
             segs = [(addrs[i], lens[i], bool(writable[i])) for i in range(start, start + count)]
             if self.num_free < self._needed(len(segs)):
                 break
-            head = self._add(rings, segs)
+            head = self._add(segs)
             if heads is not None:
                 heads[done] = head
             start += count
@@ -126,21 +134,21 @@ class DriverQueue(_Queue):
     def add_batch(self, batch: Batch, count: int) -> int:
         """Add the first ``count`` chains described in ``batch`` (``nsegs`` and the ``seg_*`` arrays); their heads
         go into ``batch.heads``. Returns how many were added (stops early when the ring is full)."""
-        rings = self._check()
+        self._check()
         if not 0 <= count <= batch.capacity:
-            raise ValueError(f"count {count} is outside the batch's capacity {batch.capacity}")
+            raise caller_error("batch-count", count=count, capacity=batch.capacity)
         start = 0
         done = 0
         try:
             for k in range(count):
                 nseg = int(batch.nsegs[k])
                 if start + nseg > batch.max_segments:
-                    raise ValueError(f"chain {k} runs past the batch's {batch.max_segments} segments")
+                    raise caller_error("batch-chain-segments", chain=k, max_segments=batch.max_segments)
                 if self.num_free < self._needed(nseg):
                     break
                 segs = [(int(batch.seg_addr[i]), int(batch.seg_len[i]), bool(batch.seg_writable[i]))
                         for i in range(start, start + nseg)]
-                batch.heads[k] = self._add(rings, segs)
+                batch.heads[k] = self._add(segs)
                 start += nseg
                 done += 1
         finally:
@@ -156,23 +164,23 @@ class DriverQueue(_Queue):
     def _reserve(self, nseg: int) -> tuple[bool, int]:
         """The checks before a chain of ``nseg`` buffers takes descriptors: (indirect?, descriptors needed)."""
         if nseg == 0:
-            raise ValueError("a chain needs at least one buffer")
+            raise caller_error("empty-chain")
         indirect = self._indirect_for(nseg)
         if not indirect and nseg > self.size:
-            raise ValueError(f"a chain of {nseg} buffers is longer than the queue size {self.size}")
+            raise caller_error("chain-longer-than-queue", nseg=nseg, size=self.size)
         needed = self._needed(nseg)
         if self.num_free < needed:
-            raise QueueFull(f"{needed} descriptors needed, {self.num_free} free")
+            raise caller_error("no-free-descriptors", needed=needed, free=self.num_free)
         return indirect, needed
 
     def _check_buffer(self, addr: int, length: int, writable: bool, seen_writable: bool) -> bool:
         """One buffer of a chain the caller adds; returns whether a device-writable one has been seen."""
-        if not 0 < length <= _U32_MAX:
-            raise ValueError(f"buffer length {length} is not between 1 and 2**32 - 1")
+        if not 0 < length <= LEN_MAX:
+            raise caller_error("buffer-length", length=length)
         if not writable and seen_writable:
-            raise ValueError("device-readable buffers must come before device-writable ones")
+            raise caller_error("buffer-order")
         if not self.mem.contains(addr, length):
-            raise AddressError(f"buffer {addr:#x} (+{length}) is outside guest memory")
+            raise caller_error("buffer-outside-memory", addr=addr, length=length)
         return seen_writable or writable
 
     def _needed(self, nseg: int) -> int:
@@ -186,7 +194,8 @@ class DriverQueue(_Queue):
         assert self.indirect_area is not None
         return self.indirect_area + head * self.indirect_max * DESC_SIZE
 
-    def _add(self, rings: _Rings, segs: list[tuple[int, int, bool]]) -> int:
+    def _add(self, segs: list[tuple[int, int, bool]]) -> int:
+        rings: SplitRings = self._rings
         nseg = len(segs)
         indirect, needed = self._reserve(nseg)
         head = self._free_head
@@ -205,16 +214,16 @@ class DriverQueue(_Queue):
             last = k == nseg - 1
             flags = (DESC_F_WRITE if w else 0) | (0 if last else DESC_F_NEXT)
             if indirect:  # struct virtq_desc in the head's indirect table, linked in table order
-                _DESC.pack_into(table, DESC_SIZE * k, addr, length, flags, 0 if last else k + 1)
+                DESC.pack_into(table, DESC_SIZE * k, addr, length, flags, 0 if last else k + 1)
             else:  # struct virtq_desc in the descriptor table, linked along the private free list
                 nxt = self._next[index]
-                _DESC.pack_into(table, DESC_SIZE * index, addr, length, flags, 0 if last else nxt)
+                DESC.pack_into(table, DESC_SIZE * index, addr, length, flags, 0 if last else nxt)
                 index = nxt
-        if wlen > _U32_MAX:
-            raise ValueError("the chain's writable length exceeds 2**32 - 1")
+        if wlen > LEN_MAX:
+            raise caller_error("writable-too-large")
         if indirect:
             table_gpa = self._table_gpa(head)
-            _DESC.pack_into(rings.desc, DESC_SIZE * head, table_gpa, DESC_SIZE * nseg, DESC_F_INDIRECT, 0)
+            DESC.pack_into(rings.desc, DESC_SIZE * head, table_gpa, DESC_SIZE * nseg, DESC_F_INDIRECT, 0)
             self._free_head = self._next[head]
         else:
             self._free_head = index
@@ -223,39 +232,41 @@ class DriverQueue(_Queue):
         self._wlen[head] = wlen
         self._inflight[head] = 1
         # avail->ring[avail_idx % size] = head; published with the index by kick_needed.
-        rings.avail16[2 + (self.avail_idx & (self.size - 1))] = head
+        rings.avail_ring[self.avail_idx & (self.size - 1)] = head
         self.avail_idx = (self.avail_idx + 1) & 0xFFFF
         return head
 
     # -- kicking -------------------------------------------------------------------------------------------
     def kick_needed(self) -> bool:
         """Publish the avail index; True if the device asked to be notified of what was added since the last call."""
-        rings = self._check()
+        rings: SplitRings = self._check()
         new = self.avail_idx
         old = self._published
         if new == old:
             return False
-        rings.avail16[1] = new  # avail->idx, release: descriptors and ring entries visible first
+        rings.avail_idx[0] = new  # avail->idx, release: descriptors and ring entries visible first
         self._published = new
         # full fence: the index store is visible before we read the device's avail_event / flags.
         if self._event_idx:
-            avail_event = rings.used16[2 + 4 * self.size]  # used->avail_event
+            avail_event = rings.avail_event[0]  # used->avail_event
             return need_event(avail_event, new, old)
-        return not rings.used16[0] & USED_F_NO_NOTIFY  # used->flags
+        return not rings.used_flags[0] & USED_F_NO_NOTIFY  # used->flags
 
     # -- reaping -------------------------------------------------------------------------------------------
-    def _reap_one(self, rings: _Rings) -> tuple[int, int] | None:
+    def _reap_one(self) -> tuple[int, int] | None:
+        """The next (head, written length) the device returned, checked, its descriptors free again; or None."""
+        rings: SplitRings = self._rings
         last = self.last_used_idx
         if self._used_shadow == last:
             # Everything seen so far is reaped: look at the index again (acquire: elements after it).
-            used_idx = rings.used16[1]  # used->idx
+            used_idx = rings.used_idx[0]  # used->idx
             if used_idx == last:
                 return None
             outstanding = (self._published - last) & 0xFFFF
             if (used_idx - last) & 0xFFFF > outstanding:
                 raise self._fail(used_error("used-index-jump", last, used_idx, outstanding))
             self._used_shadow = used_idx
-        ident, written = _ELEM.unpack_from(rings.used, 4 + 8 * (last & (self.size - 1)))  # used->ring[], once
+        ident, written = rings.used_entry(last & (self.size - 1))  # used->ring[last_used_idx % size], read once
         if ident >= self.size:
             raise self._fail(used_error("used-id-out-of-range", last, ident, self.size))
         if not self._inflight[ident]:
@@ -275,17 +286,18 @@ class DriverQueue(_Queue):
         self.num_free += self._ndesc[head]
         self._inflight[head] = 0
 
-    def _after_reap(self, rings: _Rings) -> None:
+    def _after_reap(self) -> None:
         if self._event_idx and self._interrupts_enabled:
-            rings.avail16[2 + self.size] = self.last_used_idx  # avail->used_event
+            rings: SplitRings = self._rings
+            rings.used_event[0] = self.last_used_idx  # avail->used_event
 
     def get_used(self) -> tuple[Any, int] | None:
         """The next (token, written length) the device returned, or None."""
-        rings = self._check()
-        got = self._reap_one(rings)
+        self._check()
+        got = self._reap_one()
         if got is None:
             return None
-        self._after_reap(rings)
+        self._after_reap()
         head, written = got
         token = self._tokens[head]
         self._tokens[head] = None
@@ -293,10 +305,10 @@ class DriverQueue(_Queue):
 
     def pop_used(self, max_count: int | None = None) -> list[tuple[Any, int]]:
         """Every (token, written length) the device returned so far (at most ``max_count``)."""
-        rings = self._check()
+        self._check()
         out: list[tuple[Any, int]] = []
         while max_count is None or len(out) < max_count:
-            got = self._reap_one(rings)
+            got = self._reap_one()
             if got is None:
                 break
             head, written = got
@@ -304,49 +316,49 @@ class DriverQueue(_Queue):
             self._tokens[head] = None
             out.append(((head if token is None else token), written))
         if out:
-            self._after_reap(rings)
+            self._after_reap()
         return out
 
     def pop_used_into(self, heads: Any, lens: Any) -> int:
         """Reap up to ``len(heads)`` used buffers into the arrays ``heads`` and ``lens``; returns the count."""
-        rings = self._check()
+        self._check()
         if len(lens) < len(heads):
-            raise ValueError("lens is shorter than heads")
+            raise caller_error("lens-short")
         n = 0
         while n < len(heads):
-            got = self._reap_one(rings)
+            got = self._reap_one()
             if got is None:
                 break
             heads[n], lens[n] = got
             self._tokens[got[0]] = None
             n += 1
         if n:
-            self._after_reap(rings)
+            self._after_reap()
         return n
 
     # -- interrupts ----------------------------------------------------------------------------------------
     def disable_interrupts(self) -> None:
         """Ask the device not to interrupt (the driver polls)."""
-        rings = self._check()
+        rings: SplitRings = self._check()
         self._interrupts_enabled = False
         if self._event_idx:
             # used_event one behind what we have seen: the device's used index will not cross it again soon.
-            rings.avail16[2 + self.size] = (self.last_used_idx - 1) & 0xFFFF  # avail->used_event
+            rings.used_event[0] = (self.last_used_idx - 1) & 0xFFFF  # avail->used_event
         else:
             self._avail_flags |= AVAIL_F_NO_INTERRUPT
-            rings.avail16[0] = self._avail_flags  # avail->flags
+            rings.avail_flags[0] = self._avail_flags  # avail->flags
 
     def enable_interrupts(self) -> bool:
         """Ask for an interrupt on the next used buffer; True if some are already there (reap before sleeping)."""
-        rings = self._check()
+        rings: SplitRings = self._check()
         self._interrupts_enabled = True
         if self._event_idx:
-            rings.avail16[2 + self.size] = self.last_used_idx  # avail->used_event
+            rings.used_event[0] = self.last_used_idx  # avail->used_event
         else:
             self._avail_flags &= ~AVAIL_F_NO_INTERRUPT
-            rings.avail16[0] = self._avail_flags  # avail->flags
+            rings.avail_flags[0] = self._avail_flags  # avail->flags
         # full fence: the store above is visible before we read used->idx again.
-        return rings.used16[1] != self.last_used_idx  # used->idx
+        return rings.used_idx[0] != self.last_used_idx  # used->idx
 
     @property
     def in_flight(self) -> int:
