@@ -21,7 +21,7 @@ from .._features import (
     PACKED_DESC_F_AVAIL,
     PACKED_DESC_F_USED,
 )
-from .._layout import PackedLayout, SplitLayout
+from .._layout import PackedLayout
 from .._state import QueueState
 from .chain import Chain, Piece
 from .descriptors import add_buffer, indirect_table
@@ -41,7 +41,7 @@ class PackedDeviceQueue(DeviceQueue):
     _layout_type = PackedLayout
     _rings_type = PackedRings
 
-    def __init__(self, mem: GuestMemory, layout: SplitLayout | PackedLayout, features: int = 0, *,
+    def __init__(self, mem: GuestMemory, layout: PackedLayout, features: int = 0, *,
                  max_indirect: int = DEFAULT_MAX_INDIRECT) -> None:
         super().__init__(mem, layout, features, max_indirect=max_indirect)  # refuses a SplitLayout first
         self._ndesc = [0] * self.size  # ring slots each in-flight buffer took
@@ -140,14 +140,14 @@ class PackedDeviceQueue(DeviceQueue):
         # With EVENT_IDX, ask for a kick once the driver passes what we consumed (as the split ring does).
         if self._event_idx and self._notify_enabled:
             rings: PackedRings = self._rings
-            rings.device_event.arm(True, self.last_avail_idx, self.avail_wrap)
+            rings.device_event.arm(True, self.last_avail_idx, self.avail_wrap)  # device event suppression
 
     def _put_used(self, head: int, written: int) -> None:
         rings: PackedRings = self._rings
         # The used descriptor: AVAIL = USED = our wrap counter; id and len first, then flags (release).
         pos = self.used_idx
         flags = (PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED if self.used_wrap else 0) | (DESC_F_WRITE if written else 0)
-        rings.put_used(pos, head, written, flags)
+        rings.put_used(pos, head, written, flags)  # desc[used_idx]
         self._inflight[head] = 0
         self.used_idx, self.used_wrap = advance(pos, self.used_wrap, self._ndesc[head], self.size)
         self._pushed += self._ndesc[head]
@@ -164,18 +164,18 @@ class PackedDeviceQueue(DeviceQueue):
         self._signalled_valid = True
         if valid and not pushed:
             return False
-        event = rings.driver_event.read()  # off_wrap, flags
+        event = rings.driver_event.read()  # driver event suppression (2.8.14): (off_wrap, flags)
         wants = event_wants(event, self._event_idx, self.size, self.used_wrap, new, new - pushed)
         return wants or (not valid and event[1] != EVENT_FLAG_DISABLE)
 
     def enable_notifications(self) -> bool:
         rings: PackedRings = self._check()
         self._notify_enabled = True
-        rings.device_event.arm(self._event_idx, self.last_avail_idx, self.avail_wrap)
+        rings.device_event.arm(self._event_idx, self.last_avail_idx, self.avail_wrap)  # device event suppression
         # full fence: the store above is visible before we look at the next descriptor again.
-        return is_avail(rings.desc_flags[self.last_avail_idx], self.avail_wrap)
+        return is_avail(rings.desc_flags[self.last_avail_idx], self.avail_wrap)  # desc[last_avail_idx].flags
 
     def disable_notifications(self) -> None:
         rings: PackedRings = self._check()
         self._notify_enabled = False
-        rings.device_event.disable()
+        rings.device_event.disable()  # device event suppression

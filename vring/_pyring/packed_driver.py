@@ -10,7 +10,7 @@ from collections import deque
 
 from .._errors import caller_error, used_error
 from .._features import DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, DESC_SIZE, Feature
-from .._layout import PackedLayout, SplitLayout
+from .._layout import PackedLayout
 from .memory import GuestMemory
 from .rings import LEN_MAX, PACKED_DESC, PACKED_DESC_BODY, PackedRings, advance, avail_bits, event_wants, is_used
 from .split_driver import DriverQueue
@@ -27,7 +27,7 @@ class PackedDriverQueue(DriverQueue):
     _layout_type = PackedLayout
     _rings_type = PackedRings
 
-    def __init__(self, mem: GuestMemory, layout: SplitLayout | PackedLayout, features: int = 0, *,
+    def __init__(self, mem: GuestMemory, layout: PackedLayout, features: int = 0, *,
                  indirect_area: int | None = None, indirect_max: int = 16, indirect_threshold: int = 2) -> None:
         super().__init__(mem, layout, features, indirect_area=indirect_area, indirect_max=indirect_max,
                          indirect_threshold=indirect_threshold)  # refuses a SplitLayout first
@@ -91,7 +91,7 @@ class PackedDriverQueue(DriverQueue):
         if not added:
             return False
         # full fence: our descriptors are visible before we read the device's event suppression.
-        event = rings.device_event.read()  # off_wrap, flags
+        event = rings.device_event.read()  # device event suppression (2.8.14): (off_wrap, flags)
         new = self.avail_idx
         return event_wants(event, self._event_idx, self.size, self.avail_wrap, new, new - added)
 
@@ -139,16 +139,16 @@ class PackedDriverQueue(DriverQueue):
     def _after_reap(self) -> None:
         if self._event_idx and self._interrupts_enabled:
             rings: PackedRings = self._rings
-            rings.driver_event.arm(True, self.last_used_idx, self.used_wrap)
+            rings.driver_event.arm(True, self.last_used_idx, self.used_wrap)  # driver event suppression
 
     def disable_interrupts(self) -> None:
         rings: PackedRings = self._check()
         self._interrupts_enabled = False
-        rings.driver_event.disable()
+        rings.driver_event.disable()  # driver event suppression
 
     def enable_interrupts(self) -> bool:
         rings: PackedRings = self._check()
         self._interrupts_enabled = True
-        rings.driver_event.arm(self._event_idx, self.last_used_idx, self.used_wrap)
+        rings.driver_event.arm(self._event_idx, self.last_used_idx, self.used_wrap)  # driver event suppression
         # full fence: the store above is visible before we look at the next used descriptor again.
-        return bool(self._skipped) or is_used(rings.desc_flags[self.last_used_idx], self.used_wrap)
+        return bool(self._skipped) or is_used(rings.desc_flags[self.last_used_idx], self.used_wrap)  # desc[].flags
