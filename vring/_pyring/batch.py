@@ -8,10 +8,10 @@ from .._batch import BatchMethods, batch_arrays
 class Batch(BatchMethods):
     """Arrays for up to ``capacity`` chains and ``max_segments`` buffer segments, reused from call to call.
 
-    Device side: ``DeviceQueue.pop_batch`` fills ``heads``, ``nsegs``, ``seg_start``, the ``seg_*`` arrays and the
-    ``readable_len`` / ``writable_len`` totals; the device sets ``lens`` (bytes written) and calls ``push_batch``.
-    Driver side: fill ``nsegs`` and the ``seg_*`` arrays (chain k takes the next ``nsegs[k]`` segments), call
-    ``DriverQueue.add_batch``, which fills ``heads``; ``reap_batch`` fills ``heads`` and ``lens``.
+    Device side (split or packed ring): ``pop_batch`` fills ``heads``, ``nsegs``, ``seg_start``, the ``seg_*``
+    arrays and the ``readable_len`` / ``writable_len`` totals; the device sets ``lens`` (bytes written) and calls
+    ``push_batch``. Driver side: fill ``nsegs`` and the ``seg_*`` arrays (chain k takes the next ``nsegs[k]``
+    segments), call ``add_batch``, which fills ``heads``; ``reap_batch`` fills ``heads`` and ``lens``.
     ``count`` is how many chains the last call filled.
     """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .._buffers import as_byte_view, map_fd
-from .._errors import AddressError
+from .._errors import AddressError, caller_error
 
 _U64 = (1 << 64) - 1
 
@@ -37,7 +37,7 @@ class GuestMemory:
     def add_region_fd(self, gpa: int, size: int, fd: int, offset: int = 0) -> None:
         """Map ``size`` bytes of ``fd`` from ``offset`` (shared, read-write) as the guest memory at ``gpa``."""
         if size <= 0:
-            raise AddressError(f"region size {size} is not positive")
+            raise caller_error("region-size", size=size)
         mapping, view = map_fd(fd, size, offset)
         try:
             self._insert(gpa, view, mapping)
@@ -53,17 +53,15 @@ class GuestMemory:
                 self._regions = self._regions[:i] + self._regions[i + 1 :]
                 self.generation += 1
                 return
-        raise AddressError(f"no region starts at {gpa:#x}")
+        raise caller_error("no-region", gpa=gpa)
 
     def _insert(self, gpa: int, view: memoryview, owner: Any) -> None:
         size = view.nbytes
         if not isinstance(gpa, int) or gpa < 0 or size == 0 or gpa + size - 1 > _U64:
-            raise AddressError(f"region {gpa!r} (+{size}) is empty or not a 64-bit guest-physical range")
+            raise caller_error("region-range", gpa=gpa, size=size)
         for region in self._regions:
             if gpa < region.gpa + region.size and region.gpa < gpa + size:
-                raise AddressError(
-                    f"region {gpa:#x} (+{size:#x}) overlaps region {region.gpa:#x} (+{region.size:#x})"
-                )
+                raise caller_error("region-overlap", gpa=gpa, size=size, other=region.gpa, other_size=region.size)
         self._regions = sorted([*self._regions, Region(gpa, size, view, owner)])
         self.generation += 1
 
@@ -82,12 +80,12 @@ class GuestMemory:
     def pieces(self, gpa: int, length: int) -> list[tuple[Region, int, int]]:
         """(region, offset in region, length) pieces covering [gpa, gpa + length), or AddressError."""
         if length < 0 or gpa < 0 or gpa + length - 1 > _U64:
-            raise AddressError(f"range {gpa:#x} (+{length}) is not a 64-bit guest-physical range")
+            raise caller_error("range", gpa=gpa, length=length)
         out = []
         while length > 0:
             region = self._find(gpa)
             if region is None:
-                raise AddressError(f"guest-physical address {gpa:#x} is outside guest memory")
+                raise caller_error("outside-memory", gpa=gpa)
             offset = gpa - region.gpa
             piece = min(length, region.size - offset)
             out.append((region, offset, piece))
@@ -107,7 +105,7 @@ class GuestMemory:
         """A zero-copy, writable view of [gpa, gpa + length), which must lie inside one region."""
         pieces = self.pieces(gpa, length)
         if len(pieces) > 1:
-            raise AddressError(f"range {gpa:#x} (+{length}) spans {len(pieces)} regions; use views()")
+            raise caller_error("spans-regions", gpa=gpa, length=length, count=len(pieces))
         if not pieces:
             return memoryview(b"")
         region, offset, piece = pieces[0]

@@ -1,0 +1,181 @@
+"""The device's end of a packed virtqueue (virtio 1.1+, 2.8 "Packed Virtqueues"): the pure-Python reference twin.
+
+One ring of 16-byte descriptors {le64 addr; le32 len; le16 id; le16 flags} serves both directions. The driver
+makes a descriptor available by setting its AVAIL flag bit to its wrap counter and USED to the inverse; the device
+marks a used one by setting both bits to *its* wrap counter. Chains occupy consecutive slots; the buffer id is in the
+last descriptor of a chain; the device writes one used descriptor per buffer and skips as many slots as the chain
+took. Two 4-byte event suppression structures {le16 off_wrap; le16 flags} replace the split ring's flags and event
+indices. The head descriptor's flags are the publication: written last (release), read first (acquire).
+"""
+
+from __future__ import annotations
+
+from .._errors import caller_error, chain_error
+from .._features import (
+    DEFAULT_MAX_INDIRECT,
+    DESC_F_INDIRECT,
+    DESC_F_NEXT,
+    DESC_F_WRITE,
+    DESC_SIZE,
+    EVENT_FLAG_DISABLE,
+    PACKED_DESC_F_AVAIL,
+    PACKED_DESC_F_USED,
+)
+from .._layout import PackedLayout
+from .._state import QueueState
+from .chain import Chain, Piece
+from .descriptors import add_buffer, indirect_table
+from .memory import GuestMemory
+from .rings import PACKED_DESC, PackedRings, advance, event_wants, is_avail
+from .split_device import DeviceQueue
+
+
+class PackedDeviceQueue(DeviceQueue):
+    """The device's end of a packed virtqueue. Same methods as DeviceQueue; ``head`` is the buffer id.
+
+    One caller per queue at a time; nothing may change the queue or its GuestMemory's regions while a call runs
+    (a batch call included).
+    """
+
+    _kind = "packed"
+    _layout_type = PackedLayout
+    _rings_type = PackedRings
+
+    def __init__(self, mem: GuestMemory, layout: PackedLayout, features: int = 0, *,
+                 max_indirect: int = DEFAULT_MAX_INDIRECT) -> None:
+        super().__init__(mem, layout, features, max_indirect=max_indirect)  # refuses a SplitLayout first
+        self._ndesc = [0] * self.size  # ring slots each in-flight buffer took
+
+    def reset(self) -> None:
+        super().reset()
+        self.avail_wrap = 1
+        self.used_wrap = 1
+        self._pushed = 0  # used slots written since the last notify_needed
+        self._peeked_ndesc = 0
+
+    @property
+    def state(self) -> QueueState:
+        return QueueState(self.last_avail_idx, self.used_idx, self.avail_wrap, self.used_wrap)
+
+    def restore(self, state: QueueState | tuple[int, ...]) -> None:
+        """Resume at a saved state; a ``used_idx`` of None means "where the driver's next chain starts"."""
+        state = QueueState(*state)
+        self.reset()
+        self._bind()
+        size = self.size
+        if not 0 <= state.last_avail_idx < size or state.used_idx is not None and not 0 <= state.used_idx < size:
+            raise caller_error("state-range", state=tuple(state), size=size)
+        self.last_avail_idx = int(state.last_avail_idx)
+        self.avail_wrap = int(state.avail_wrap) & 1
+        if state.used_idx is None:
+            self.used_idx, self.used_wrap = self.last_avail_idx, self.avail_wrap
+        else:
+            self.used_idx, self.used_wrap = int(state.used_idx), int(state.used_wrap) & 1
+
+    def avail_pending(self) -> int:
+        """Descriptors made available from last_avail_idx on (0 if broken)."""
+        if self.broken:
+            return 0
+        rings: PackedRings = self._bind()
+        count, pos, wrap = 0, self.last_avail_idx, self.avail_wrap
+        while count < self.size and is_avail(rings.desc_flags[pos], wrap):  # desc[pos].flags
+            count += 1
+            pos, wrap = advance(pos, wrap, 1, self.size)
+        return count
+
+    def _peek(self) -> Chain | None:
+        rings: PackedRings = self._rings
+        size = self.size
+        pos, wrap = self.last_avail_idx, self.avail_wrap
+        # desc[last_avail].flags, acquire: the descriptor's other fields, and the rest of the chain, after it.
+        if not is_avail(rings.desc_flags[pos], wrap):
+            return None
+        head_pos = pos
+        pieces: list[Piece] = []
+        readable_len = writable_len = 0
+        was_indirect = False
+        count = 0
+        buffer_id = 0
+        while True:
+            if count >= size:
+                raise chain_error("chain-too-long", head_pos, pos, False, size)
+            # struct pvirtq_desc, read once: every check and every use below works on this copy.
+            addr, length, buffer_id, flags = PACKED_DESC.unpack_from(rings.desc, DESC_SIZE * pos)
+            if count and not is_avail(flags, wrap):
+                raise chain_error("chain-flags", head_pos, pos, False, flags, wrap)
+            count += 1
+            if flags & DESC_F_INDIRECT:
+                table = indirect_table(self.mem, head_pos, pos, False, addr, length, flags, self._indirect,
+                                       self.max_indirect)
+                was_indirect = True
+                entries = list(PACKED_DESC.iter_unpack(table))  # the whole table, read once
+                for k, (eaddr, elen, _eid, eflags) in enumerate(entries):  # sequential (2.8.7): no NEXT, no INDIRECT
+                    if eflags & DESC_F_NEXT:
+                        raise chain_error("indirect-next", head_pos, k, True)
+                    if eflags & DESC_F_INDIRECT:
+                        raise chain_error("nested-indirect", head_pos, k, True)
+                    readable_len, writable_len = add_buffer(self.mem, pieces, head_pos, k, True, eaddr, elen,
+                                                            bool(eflags & DESC_F_WRITE), readable_len, writable_len)
+                break
+            readable_len, writable_len = add_buffer(self.mem, pieces, head_pos, pos, False, addr, length,
+                                                    bool(flags & DESC_F_WRITE), readable_len, writable_len)
+            if not flags & DESC_F_NEXT:
+                break
+            pos, wrap = advance(pos, wrap, 1, size)
+        if buffer_id >= size:
+            raise chain_error("buffer-id-out-of-range", head_pos, pos, False, buffer_id, size)
+        if self._inflight[buffer_id]:
+            raise chain_error("buffer-id-in-flight", head_pos, pos, False, buffer_id)
+        self._peeked_ndesc = count
+        return Chain(buffer_id, pieces, readable_len, writable_len, was_indirect)
+
+    def _commit(self, chain: Chain) -> None:
+        self._inflight[chain.head] = 1
+        self._inflight_wlen[chain.head] = chain.writable_len
+        self._ndesc[chain.head] = self._peeked_ndesc
+        self.last_avail_idx, self.avail_wrap = advance(self.last_avail_idx, self.avail_wrap, self._peeked_ndesc,
+                                                       self.size)
+
+    def _after_pop(self) -> None:
+        # With EVENT_IDX, ask for a kick once the driver passes what we consumed (as the split ring does).
+        if self._event_idx and self._notify_enabled:
+            rings: PackedRings = self._rings
+            rings.device_event.arm(True, self.last_avail_idx, self.avail_wrap)  # device event suppression
+
+    def _put_used(self, head: int, written: int) -> None:
+        rings: PackedRings = self._rings
+        # The used descriptor: AVAIL = USED = our wrap counter; id and len first, then flags (release).
+        pos = self.used_idx
+        flags = (PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED if self.used_wrap else 0) | (DESC_F_WRITE if written else 0)
+        rings.put_used(pos, head, written, flags)  # desc[used_idx]
+        self._inflight[head] = 0
+        self.used_idx, self.used_wrap = advance(pos, self.used_wrap, self._ndesc[head], self.size)
+        self._pushed += self._ndesc[head]
+
+    def _publish_used(self) -> None:
+        pass  # every used descriptor's flags published it
+
+    def notify_needed(self) -> bool:
+        rings: PackedRings = self._check()
+        # full fence: our used descriptors are visible before we read the driver's event suppression.
+        new, pushed = self.used_idx, self._pushed
+        valid = self._signalled_valid
+        self._pushed = 0
+        self._signalled_valid = True
+        if valid and not pushed:
+            return False
+        event = rings.driver_event.read()  # driver event suppression (2.8.14): (off_wrap, flags)
+        wants = event_wants(event, self._event_idx, self.size, self.used_wrap, new, new - pushed)
+        return wants or (not valid and event[1] != EVENT_FLAG_DISABLE)
+
+    def enable_notifications(self) -> bool:
+        rings: PackedRings = self._check()
+        self._notify_enabled = True
+        rings.device_event.arm(self._event_idx, self.last_avail_idx, self.avail_wrap)  # device event suppression
+        # full fence: the store above is visible before we look at the next descriptor again.
+        return is_avail(rings.desc_flags[self.last_avail_idx], self.avail_wrap)  # desc[last_avail_idx].flags
+
+    def disable_notifications(self) -> None:
+        rings: PackedRings = self._check()
+        self._notify_enabled = False
+        rings.device_event.disable()  # device event suppression
