@@ -7,7 +7,7 @@ import pytest
 
 from vring import LayoutError, PackedLayout, SplitLayout
 
-from ringkit import BASE, MEM_SIZE
+from vring.testing import BASE, MEM_SIZE
 
 SPLIT = SplitLayout.contiguous(16, BASE)
 PACKED = PackedLayout.contiguous(16, BASE)
