@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from vring.bench import (
     Progress, Result, can_plot, default_plan, environment, format_header, format_table, plot, ratios, run_plan,
@@ -34,16 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="length of one timed run (default 0.3, 0.08 with --quick)")
 
 
-def _interrupt_in_this_process_only() -> None:
+def _interrupt_in_this_process_only() -> Callable[[], bool]:
     """Ctrl-C raises KeyboardInterrupt here but is ignored in the device process the two-process benchmark
-    forks (the terminal signals both): the child ends cleanly when this process stops it."""
+    forks (the terminal signals both): the child ends cleanly when this process stops it. Returns whether Ctrl-C
+    was pressed, for when the KeyboardInterrupt is swallowed (raised inside an at-fork hook, say)."""
     parent = os.getpid()
+    pressed: list[int] = []
 
-    def on_sigint(_signum: int, _frame: Any) -> None:
+    def on_sigint(signum: int, _frame: Any) -> None:
         if os.getpid() == parent:
+            pressed.append(signum)
             raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_sigint)
+    return lambda: bool(pressed)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,13 +66,17 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     results: list[Result] = []
     two: list[twoproc.TwoProcessResult] = []
-    _interrupt_in_this_process_only()
+    interrupted = _interrupt_in_this_process_only()
     try:
         for i, case in enumerate(plan, 1):  # case by case, so that Ctrl-C keeps the ones that finished
             report(f"[{i}/{len(plan)}] {case.name}")
             results += run_plan([case], seconds, repeats, lambda _text: None)
+            if interrupted():
+                raise KeyboardInterrupt
         if not args.no_two_process:
             two = twoproc.run_all(0.4 if quick else 1.5, report)
+            if interrupted():
+                raise KeyboardInterrupt
     except KeyboardInterrupt:
         progress.clear()
         if results:
