@@ -71,7 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(command).parse_args(argv)
     setup_logging(args)
     try:
-        return int(_command_module(args.command).run(args))
+        code = int(_command_module(args.command).run(args))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except CommandError as exc:
         print(f"vring {args.command}: {exc}", file=sys.stderr)
         return exc.code
