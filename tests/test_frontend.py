@@ -134,8 +134,9 @@ def test_vring_blk_command(tmp_path):
         assert image.read_bytes()[10 * 512:12 * 512] == b"Z" * 1024
         odd = vring_blk_cli("--socket", str(sock), "write", "--sector", "10", stdin=b"Z" * 100)
         assert odd.returncode == 2 and b"not a multiple of 512" in odd.stderr
-        verify = vring_blk_cli("--socket", str(sock), "--queues", "2", "verify", "--count", "64")
+        verify = vring_blk_cli("--socket", str(sock), "--queues", "2", "verify", "--scratch", "64:64")
         assert verify.returncode == 0 and b"intact" in verify.stdout, verify.stderr
+        assert image.read_bytes()[10 * 512:12 * 512] == b"Z" * 1024  # only the scratch range was written
         bench = vring_blk_cli("--socket", str(sock), "bench", "--seconds", "0.2", "--depth", "8", "--json", "-")
         assert bench.returncode == 0, bench.stderr
         assert b'"workload": "randread"' in bench.stdout and b'"lat_us_p99"' in bench.stdout

@@ -1,4 +1,8 @@
-"""`vring blk`: a virtio-blk client for any vhost-user-blk back-end (info, read, write, verify, bench)."""
+"""`vring blk`: a virtio-blk client for any vhost-user-blk back-end (info, read, write, verify, bench).
+
+Only ``write`` writes by default. ``verify`` and ``bench`` read; they write only inside a range of sectors the user
+names with ``--scratch START:COUNT``, whose contents they destroy.
+"""
 
 from __future__ import annotations
 
@@ -8,65 +12,154 @@ import os
 import random
 import sys
 import time
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
+from vring._features import Feature
 from vring.devices.blk import FEATURE_NAMES, SECTOR
 from vring.drivers.blk import BlkClient, BlkError
 from vring.vhost_user.frontend import BackendError, Frontend
 
+from ._args import CommandError, check_output_path, int_range, positive_float
+
+BLOCK = 8  # sectors of one verify or bench request: 4 KiB
+READ_WORKLOADS = ("randread", "seqread")
+WRITE_WORKLOADS = ("randwrite",)
+
+EXAMPLES = """examples:
+  vring blk --socket /tmp/blk.sock info
+  vring blk --socket /tmp/blk.sock read --sector 0 --count 8 --output mbr.bin
+  vring blk --socket /tmp/blk.sock write --sector 2048 --input data.bin
+  vring blk --socket /tmp/blk.sock verify                           # reads only
+  vring blk --socket /tmp/blk.sock verify --scratch 1048576:2048    # writes sectors 1048576-1050623
+  vring blk --socket /tmp/blk.sock --queues 4 bench --json figures.json
+
+Commands that write: `write`, and `verify` / `bench` given --scratch (they overwrite that range)."""
+
+
+def scratch_range(text: str) -> tuple[int, int]:
+    """An argparse type: START:COUNT, the sectors a command may overwrite."""
+    start, sep, count = text.partition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r} is not START:COUNT (sectors)")
+    try:
+        return int_range(0)(start), int_range(1)(count)
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def queue_size(text: str) -> int:
+    """An argparse type: a power of two from 2 to 32768 (what a split ring allows)."""
+    value = int_range(2, 32768)(text)
+    if value & (value - 1):
+        raise argparse.ArgumentTypeError(f"{value} is not a power of two")
+    return value
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", required=True, help="the back-end's unix socket")
-    parser.add_argument("--queues", type=int, default=1, help="request queues to use")
-    parser.add_argument("--queue-size", type=int, default=128)
+    parser.add_argument("--queues", type=int_range(1), default=1, help="request queues to use (default 1)")
+    parser.add_argument("--queue-size", type=queue_size, default=128,
+                        help="descriptors per queue, a power of two (default 128)")
     parser.add_argument("--no-event-idx", action="store_true", help="do not negotiate VIRTIO_F_EVENT_IDX")
     parser.add_argument("--no-indirect", action="store_true", help="do not negotiate VIRTIO_F_INDIRECT_DESC")
-    parser.add_argument("--packed", action="store_true", help="negotiate packed rings (VIRTIO_F_RING_PACKED)")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for any answer")
+    parser.add_argument("--packed", action="store_true",
+                        help="use packed rings (VIRTIO_F_RING_PACKED); an error if the back-end has none")
+    parser.add_argument("--timeout", type=positive_float, default=10.0,
+                        help="seconds to wait for any answer (default 10)")
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("info", help="negotiated features and the config space in words")
     read = sub.add_parser("read", help="read sectors to a file (default stdout)")
-    read.add_argument("--sector", type=int, required=True)
-    read.add_argument("--count", type=int, required=True)
-    read.add_argument("--output", default="-")
-    write = sub.add_parser("write", help="write a file (default stdin) at a sector, then flush")
-    write.add_argument("--sector", type=int, required=True)
-    write.add_argument("--input", default="-")
-    verify = sub.add_parser("verify", help="write a pattern over a range, read it back, compare")
-    verify.add_argument("--sector", type=int, default=0)
-    verify.add_argument("--count", type=int, default=2048)
-    bench = sub.add_parser("bench", help="fio-like 4 KiB workloads: IOPS, MiB/s, latency percentiles")
-    bench.add_argument("--depth", type=int, default=32, help="requests in flight per queue")
-    bench.add_argument("--seconds", type=float, default=3.0, help="length of each workload")
-    bench.add_argument("--workloads", default="randread,randwrite,seqread")
+    read.add_argument("--sector", type=int_range(0), required=True, help="first sector (512 bytes) to read")
+    read.add_argument("--count", type=int_range(1), required=True, help="sectors to read")
+    read.add_argument("--output", default="-", help="file to write them to ('-', the default: stdout)")
+    write = sub.add_parser("write", help="WRITES: a file (default stdin) at a sector, then flush")
+    write.add_argument("--sector", type=int_range(0), required=True, help="first sector to overwrite")
+    write.add_argument("--input", default="-",
+                       help="file to write, a multiple of 512 bytes ('-', the default: stdin)")
+    verify = sub.add_parser("verify", help="read a range twice and compare; with --scratch, WRITES a pattern "
+                                           "there and reads it back")
+    verify.add_argument("--sector", type=int_range(0), default=0, help="first sector of the read check (default 0)")
+    verify.add_argument("--count", type=int_range(1), default=2048,
+                        help="sectors of the read check (default 2048: 1 MiB)")
+    verify.add_argument("--scratch", type=scratch_range, metavar="START:COUNT",
+                        help="WRITES: sectors to overwrite with a pattern and read back instead")
+    bench = sub.add_parser("bench", help="fio-like 4 KiB workloads: IOPS, MiB/s, latency percentiles (reads, "
+                                         "unless --scratch: then randwrite WRITES there)")
+    bench.add_argument("--depth", type=int_range(1), default=32, help="requests in flight per queue (default 32)")
+    bench.add_argument("--seconds", type=positive_float, default=3.0, help="length of each workload (default 3)")
+    bench.add_argument("--workloads", help=f"comma-separated, of {', '.join(READ_WORKLOADS + WRITE_WORKLOADS)} "
+                                           "(default: the reads, and randwrite with --scratch)")
+    bench.add_argument("--scratch", type=scratch_range, metavar="START:COUNT",
+                       help="WRITES: sectors randwrite may overwrite (at least 8)")
     bench.add_argument("--json", metavar="PATH", help="write the figures as JSON ('-' for stdout)")
 
 
 def _client(args: argparse.Namespace) -> BlkClient:
     frontend = Frontend(args.socket, timeout=args.timeout).connect()
-    return BlkClient(frontend, queues=args.queues, queue_size=args.queue_size, event_idx=not args.no_event_idx,
-                     indirect=not args.no_indirect, packed=args.packed)
+    try:
+        client = BlkClient(frontend, queues=args.queues, queue_size=args.queue_size,
+                           event_idx=not args.no_event_idx, indirect=not args.no_indirect, packed=args.packed)
+    except BaseException:
+        frontend.close()
+        raise
+    if args.packed and not client.features & Feature.RING_PACKED:
+        frontend.close()
+        raise CommandError("the back-end does not offer packed rings (VIRTIO_F_RING_PACKED): drop --packed")
+    return client
 
 
 def run(args: argparse.Namespace) -> int:
+    actions: dict[str, Callable[[BlkClient, argparse.Namespace, Any], int]] = {
+        "info": _info, "read": _read, "write": _write, "verify": _verify, "bench": _bench}
+    action = actions[args.action]
+    prepared = _prepare(args)  # every local check before the back-end is asked anything
     try:
         client = _client(args)
     except (BackendError, OSError, ValueError) as exc:
-        print(f"vring blk: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(str(exc)) from None
     try:
-        return {"info": _info, "read": _read, "write": _write, "verify": _verify, "bench": _bench}[args.action](
-            client, args)
-    except (BlkError, BackendError, TimeoutError) as exc:
-        print(f"vring blk: {exc}", file=sys.stderr)
-        return 1
+        return action(client, args, prepared)
+    except (BlkError, BackendError, TimeoutError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
     finally:
         client.frontend.close()
 
 
-def _info(client: BlkClient, _args: argparse.Namespace) -> int:
-    from vring._features import Feature
+def _prepare(args: argparse.Namespace) -> Any:
+    """What a command needs before it connects: the data to write, a checked output path, the workloads."""
+    if args.action == "write":
+        try:
+            data = sys.stdin.buffer.read() if args.input == "-" else _read_file(args.input)
+        except OSError as exc:
+            raise CommandError(f"cannot read {args.input}: {exc.strerror}") from None
+        if not data or len(data) % SECTOR:
+            raise CommandError(f"{len(data)} bytes is not a multiple of {SECTOR} (or is nothing)", code=2)
+        return data
+    if args.action == "read":
+        check_output_path(args.output)
+    if args.action == "bench":
+        if args.json:
+            check_output_path(args.json)
+        default = READ_WORKLOADS + (WRITE_WORKLOADS if args.scratch else ())
+        workloads = args.workloads.split(",") if args.workloads else list(default)
+        for workload in workloads:
+            if workload not in READ_WORKLOADS + WRITE_WORKLOADS:
+                raise CommandError(f"unknown workload {workload!r}", code=2)
+            if workload in WRITE_WORKLOADS and not args.scratch:
+                raise CommandError(f"{workload} writes: name the sectors it may overwrite with --scratch "
+                                   "START:COUNT", code=2)
+        if args.scratch and args.scratch[1] < BLOCK:
+            raise CommandError(f"--scratch needs at least {BLOCK} sectors (one 4 KiB block)", code=2)
+        return workloads
+    return None
 
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _info(client: BlkClient, _args: argparse.Namespace, _prepared: None) -> int:
     features = client.features
     names = [name for bit, name in FEATURE_NAMES.items() if features & bit]
     names += [f.name or "" for f in Feature if features & f]
@@ -77,93 +170,108 @@ def _info(client: BlkClient, _args: argparse.Namespace) -> int:
     return 0
 
 
-def _read(client: BlkClient, args: argparse.Namespace) -> int:
-    out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")
+def _read(client: BlkClient, args: argparse.Namespace, _prepared: None) -> int:
+    try:
+        out: BinaryIO = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.output}: {exc.strerror}") from None
     try:
         step = 256
         for sector in range(args.sector, args.sector + args.count, step):
             out.write(client.read(sector, min(step, args.sector + args.count - sector)))
+        out.flush()
     finally:
         if out is not sys.stdout.buffer:
             out.close()
     return 0
 
 
-def _write(client: BlkClient, args: argparse.Namespace) -> int:
-    data = sys.stdin.buffer.read() if args.input == "-" else open(args.input, "rb").read()
-    if len(data) % SECTOR:
-        print(f"vring blk: {len(data)} bytes is not a multiple of {SECTOR}", file=sys.stderr)
-        return 2
+def _write(client: BlkClient, args: argparse.Namespace, data: bytes) -> int:
+    if client.read_only:
+        raise CommandError("the disk is read-only")
     step = 256 * SECTOR
     for offset in range(0, len(data), step):
         client.write(args.sector + offset // SECTOR, data[offset:offset + step])
     client.flush()
-    print(f"wrote {len(data) // SECTOR} sectors at {args.sector}", file=sys.stderr)
+    if not args.quiet:
+        print(f"wrote {len(data) // SECTOR} sectors at {args.sector}", file=sys.stderr)
     return 0
 
 
-def _verify(client: BlkClient, args: argparse.Namespace) -> int:
-    rng = random.Random(args.sector)
-    ops = [("write", s, rng.randbytes(8 * SECTOR)) for s in range(args.sector, args.sector + args.count, 8)]
-    client.run(ops)
-    client.flush()
-    got = client.run([("read", s, 8) for _, s, _ in ops])
-    bad = [s for (_, s, want), have in zip(ops, got) if want != have]
-    if bad:
-        print(f"verify: {len(bad)} of {len(ops)} 4 KiB blocks differ, first at sector {bad[0]}", file=sys.stderr)
+def _blocks(start: int, count: int) -> list[tuple[int, int]]:
+    """(sector, sectors) of the 4 KiB blocks covering ``count`` sectors from ``start`` (the last may be shorter)."""
+    return [(s, min(BLOCK, start + count - s)) for s in range(start, start + count, BLOCK)]
+
+
+def _failures(what: str, blocks: list[tuple[int, int]], results: list[Any]) -> str | None:
+    """One line on the blocks whose request failed, or None."""
+    failed = [(s, r) for (s, _n), r in zip(blocks, results) if isinstance(r, BlkError)]
+    if not failed:
+        return None
+    return (f"verify: {len(failed)} of {len(blocks)} blocks failed to {what} ({failed[0][1]}), first at sector "
+            f"{failed[0][0]}")
+
+
+def _verify(client: BlkClient, args: argparse.Namespace, _prepared: None) -> int:
+    if args.scratch:
+        return _verify_scratch(client, *args.scratch)
+    blocks = _blocks(args.sector, args.count)
+    first = client.run([("read", s, n) for s, n in blocks])
+    # A second pass in the opposite order (so over other queues and other ring slots) must read the same bytes.
+    second = client.run([("read", s, n) for s, n in reversed(blocks)])[::-1]
+    problem = _failures("read", blocks, first) or _failures("read", blocks, second)
+    if problem:
+        print(problem, file=sys.stderr)
         return 1
-    print(f"verify: {len(ops)} blocks of 4 KiB written and read back intact")
+    unstable = [s for (s, _n), a, b in zip(blocks, first, second) if a != b]
+    if unstable:
+        print(f"verify: {len(unstable)} of {len(blocks)} blocks read differently twice, first at sector "
+              f"{unstable[0]}", file=sys.stderr)
+        return 1
+    print(f"verify: {len(blocks)} blocks read twice, identical (read only; --scratch START:COUNT writes a pattern "
+          f"and reads it back)")
     return 0
 
 
-def _bench(client: BlkClient, args: argparse.Namespace) -> int:
-    blocks = client.capacity // 8
-    if blocks < 1:
-        print("vring blk bench: the disk is smaller than 4 KiB", file=sys.stderr)
-        return 2
-    results = []
-    payload = os.urandom(4096)
-    for workload in args.workloads.split(","):
-        if workload not in ("randread", "randwrite", "seqread"):
-            print(f"vring blk bench: unknown workload {workload}", file=sys.stderr)
-            return 2
-        if workload == "randwrite" and client.read_only:
-            continue
-        rng = random.Random(1)
-        latencies: list[float] = []
-        done = 0
-        position = 0
-        start = time.perf_counter()
-        end = start + args.seconds
-        while time.perf_counter() < end:
-            chunk = 512
-            if workload == "seqread":
-                blocks_now = [(position + k) % blocks for k in range(chunk)]
-                position += chunk
-            else:
-                blocks_now = [rng.randrange(blocks) for _ in range(chunk)]
-            ops: list[tuple[str, int, Any]] = (
-                [("write", 8 * b, payload) for b in blocks_now] if workload == "randwrite"
-                else [("read", 8 * b, 8) for b in blocks_now])
-            client.run(ops, depth=args.depth, latencies=latencies, keep_data=False)
-            done += len(ops)
-            print(f"\r{workload}: {done} requests", end="", file=sys.stderr, flush=True)
-        elapsed = time.perf_counter() - start
-        print("\r\033[K", end="", file=sys.stderr)
-        latencies.sort()
+def _verify_scratch(client: BlkClient, start: int, count: int) -> int:
+    if client.read_only:
+        raise CommandError("the disk is read-only: --scratch cannot write it")
+    rng = random.Random(start)
+    blocks = _blocks(start, count)
+    patterns = [rng.randbytes(n * SECTOR) for _s, n in blocks]
+    problem = _failures("write", blocks, client.run([("write", s, p) for (s, _n), p in zip(blocks, patterns)]))
+    if problem is None:
+        client.flush()
+        got = client.run([("read", s, n) for s, n in blocks])
+        problem = _failures("read back", blocks, got)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
+    bad = [s for (s, _n), want, have in zip(blocks, patterns, got) if want != have]
+    if bad:
+        print(f"verify: {len(bad)} of {len(blocks)} blocks differ, first at sector {bad[0]}", file=sys.stderr)
+        return 1
+    print(f"verify: {len(blocks)} blocks written and read back intact (sectors {start} to {start + count - 1})")
+    return 0
 
-        def pct(p: float) -> float:
-            return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1e6
 
-        results.append({"workload": workload, "queues": len(client.queues), "depth": args.depth,
-                        "requests": done, "seconds": elapsed, "iops": done / elapsed,
-                        "mib_s": done * 4096 / elapsed / 2**20, "lat_us_p50": pct(50), "lat_us_p99": pct(99),
-                        "lat_us_p999": pct(99.9), "lat_us_max": latencies[-1] * 1e6})
-    print(f"{'workload':<10} {'queues':>6} {'depth':>5} {'IOPS':>10} {'MiB/s':>8} {'p50 us':>8} {'p99 us':>8} "
-          f"{'p99.9 us':>9} {'max us':>8}")
-    for r in results:
-        print(f"{r['workload']:<10} {r['queues']:>6} {r['depth']:>5} {r['iops']:>10,.0f} {r['mib_s']:>8.1f} "
-              f"{r['lat_us_p50']:>8.0f} {r['lat_us_p99']:>8.0f} {r['lat_us_p999']:>9.0f} {r['lat_us_max']:>8.0f}")
+def _bench(client: BlkClient, args: argparse.Namespace, workloads: list[str]) -> int:
+    disk_blocks = client.capacity // BLOCK
+    if disk_blocks < 1:
+        raise CommandError("the disk is smaller than 4 KiB")
+    if args.scratch and any(w in WRITE_WORKLOADS for w in workloads) and client.read_only:
+        raise CommandError("the disk is read-only: --scratch cannot write it")
+    results: list[dict[str, Any]] = []
+    try:
+        for workload in workloads:
+            results.append(_workload(client, args, workload, disk_blocks))
+    except KeyboardInterrupt:
+        if sys.stderr.isatty():
+            print("\r\033[K", end="", file=sys.stderr)
+        _print_results(results)
+        print(f"vring blk bench: interrupted after {len(results)} of {len(workloads)} workloads", file=sys.stderr)
+        return 130
+    _print_results(results)
     if args.json:
         text = json.dumps({"socket": args.socket, "results": results}, indent=2)
         if args.json == "-":
@@ -172,3 +280,56 @@ def _bench(client: BlkClient, args: argparse.Namespace) -> int:
             with open(args.json, "w") as f:
                 f.write(text)
     return 0
+
+
+def _workload(client: BlkClient, args: argparse.Namespace, workload: str, disk_blocks: int) -> dict[str, Any]:
+    """One workload for ``args.seconds``: reads anywhere on the disk, writes only in the scratch range."""
+    if workload in WRITE_WORKLOADS:
+        origin, blocks = args.scratch[0], args.scratch[1] // BLOCK
+    else:
+        origin, blocks = 0, disk_blocks
+    payload = os.urandom(BLOCK * SECTOR)
+    progress = sys.stderr.isatty() and not args.quiet  # a count rewritten in place: for a terminal only
+    rng = random.Random(1)
+    latencies: list[float] = []
+    done = 0
+    position = 0
+    start = time.perf_counter()
+    end = start + args.seconds
+    while time.perf_counter() < end:
+        chunk = 512
+        if workload == "seqread":
+            blocks_now = [(position + k) % blocks for k in range(chunk)]
+            position += chunk
+        else:
+            blocks_now = [rng.randrange(blocks) for _ in range(chunk)]
+        ops: list[tuple[str, int, Any]] = (
+            [("write", origin + BLOCK * b, payload) for b in blocks_now] if workload in WRITE_WORKLOADS
+            else [("read", origin + BLOCK * b, BLOCK) for b in blocks_now])
+        failed = [r for r in client.run(ops, depth=args.depth, latencies=latencies, keep_data=False)
+                  if isinstance(r, BlkError)]
+        if failed:
+            raise CommandError(f"{workload}: {len(failed)} of {len(ops)} requests failed ({failed[0]})")
+        done += len(ops)
+        if progress:
+            print(f"\r{workload}: {done} requests", end="", file=sys.stderr, flush=True)
+    elapsed = time.perf_counter() - start
+    if progress:
+        print("\r\033[K", end="", file=sys.stderr)
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1e6
+
+    return {"workload": workload, "queues": len(client.queues), "depth": args.depth, "requests": done,
+            "seconds": elapsed, "iops": done / elapsed, "mib_s": done * BLOCK * SECTOR / elapsed / 2**20,
+            "lat_us_p50": pct(50), "lat_us_p99": pct(99), "lat_us_p999": pct(99.9),
+            "lat_us_max": latencies[-1] * 1e6}
+
+
+def _print_results(results: list[dict[str, Any]]) -> None:
+    print(f"{'workload':<10} {'queues':>6} {'depth':>5} {'IOPS':>10} {'MiB/s':>8} {'p50 us':>8} {'p99 us':>8} "
+          f"{'p99.9 us':>9} {'max us':>8}")
+    for r in results:
+        print(f"{r['workload']:<10} {r['queues']:>6} {r['depth']:>5} {r['iops']:>10,.0f} {r['mib_s']:>8.1f} "
+              f"{r['lat_us_p50']:>8.0f} {r['lat_us_p99']:>8.0f} {r['lat_us_p999']:>9.0f} {r['lat_us_max']:>8.0f}")

@@ -7,6 +7,10 @@ import argparse
 import vring
 from vring import Feature, SplitLayout
 
+EXAMPLES = """examples:
+  vring demo
+  VRING_PUREPYTHON=1 vring demo    # the same exchange on the pure-Python twin"""
+
 
 def add_arguments(_parser: argparse.ArgumentParser) -> None:
     """`vring demo` takes no arguments."""

@@ -9,6 +9,10 @@ import sysconfig
 import vring
 from vring._features import ENGINE_FEATURES, Feature
 
+EXAMPLES = """examples:
+  vring info
+  VRING_PUREPYTHON=1 vring info    # the pure-Python twin"""
+
 
 def add_arguments(_parser: argparse.ArgumentParser) -> None:
     """`vring info` takes no arguments."""

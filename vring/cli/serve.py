@@ -9,49 +9,74 @@ import sys
 
 from vring.vhost_user import VhostUserBackend
 
+from ._args import CommandError, int_range
+
+EXAMPLES = """examples:
+  vring serve blk disk.img --socket /tmp/blk.sock
+  vring serve blk disk.img --socket /tmp/blk.sock --read-only --queues 4
+  vring serve rng --socket /tmp/rng.sock -v
+
+The image is locked while it is served (shared with --read-only, exclusive otherwise), as qemu-storage-daemon
+locks it: a second writer on the same image is refused."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("device", choices=["blk", "rng"])
-    parser.add_argument("image", nargs="?", help="raw image file or block device (blk)")
+    from vring.devices.blk import MAX_QUEUES
+
+    parser.add_argument("device", choices=["blk", "rng"], help="the device to serve")
+    parser.add_argument("image", nargs="?", help="blk: raw image file or block device (a multiple of 512 bytes)")
     parser.add_argument("--socket", required=True, help="unix socket path to listen on")
-    parser.add_argument("--read-only", action="store_true", help="blk: offer VIRTIO_BLK_F_RO, refuse writes")
-    parser.add_argument("--queues", type=int, default=1, help="blk: number of request queues")
+    parser.add_argument("--read-only", action="store_true",
+                        help="blk: open the image read-only, offer VIRTIO_BLK_F_RO, refuse writes")
+    parser.add_argument("--queues", type=int_range(1, MAX_QUEUES), default=1,
+                        help=f"blk: number of request queues, 1 to {MAX_QUEUES} (default 1)")
     parser.add_argument("--packed", action=argparse.BooleanOptionalAction, default=True,
                         help="offer packed rings (on by default; the driver chooses)")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="-v: negotiation, -vv: every message")
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else
-                        logging.WARNING, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     if args.device == "blk":
         if not args.image:
-            print("vring serve blk: an IMAGE is needed", file=sys.stderr)
-            return 2
+            raise CommandError("blk needs an IMAGE", code=2)
         from vring.devices.blk import BlkDevice
+        from vring.devices.image import Image, ImageError
 
-        BlkDevice(args.image, read_only=args.read_only, num_queues=args.queues).close()  # fail early on a bad image
+        try:
+            image = Image(args.image, read_only=args.read_only)  # opened once: every connection shares it
+        except ImageError as exc:
+            raise CommandError(str(exc)) from None
 
         def factory():
-            device = BlkDevice(args.image, read_only=args.read_only, num_queues=args.queues)
+            device = BlkDevice(image, num_queues=args.queues)
             device.offer_packed = args.packed
             return device
     else:
+        if args.image:
+            raise CommandError(f"rng takes no IMAGE (got {args.image})", code=2)
+        image = None
         from vring.devices.rng import RngDevice
 
         def factory():
             device = RngDevice()
             device.offer_packed = args.packed
             return device
-    backend = VhostUserBackend(factory, args.socket)
-    backend.listen()
+    try:
+        backend = VhostUserBackend(factory, args.socket)
+        try:
+            backend.listen()
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {args.socket}: {exc.strerror or exc}") from None
 
-    def stop(signum, _frame):
-        logging.getLogger("vring").info("signal %d: stopping", signum)
-        backend.stop()
+        def stop(signum, _frame):
+            logging.getLogger("vring").info("signal %d: stopping", signum)
+            backend.stop()
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    print(f"vring: serving virtio-{args.device} on {args.socket}", file=sys.stderr, flush=True)
-    backend.serve_forever()
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, stop)
+        if not args.quiet:
+            print(f"vring: serving virtio-{args.device} on {args.socket}", file=sys.stderr, flush=True)
+        backend.serve_forever()
+    finally:
+        if image is not None:
+            image.close()
     return 0

@@ -13,18 +13,18 @@ import ctypes
 import errno
 import logging
 import os
-import stat
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 from .._chainio import scatter
 from ..device import Chain, ConfigError, VirtioDevice
+from .image import SECTOR, Image
 
 log = logging.getLogger("vring.blk")
 
 DEVICE_ID = 2
-SECTOR = 512
+MAX_QUEUES = 64  # request queues a device offers at most
 
 # Feature bits (5.2.3).
 F_SIZE_MAX = 1 << 1
@@ -131,28 +131,34 @@ class Request:
 
 
 class BlkDevice(VirtioDevice):
-    """A virtio-blk device over a raw image file or a block device."""
+    """A virtio-blk device over a raw image file or a block device.
+
+    ``image`` is a path (the device opens and locks it, and closes it in ``close``) or an ``Image`` a server
+    opened once and shares between the devices of its connections (it stays open: its owner closes it). A
+    read-only image makes a read-only device.
+    """
 
     device_id = DEVICE_ID
     max_queue_size = 1024
 
-    def __init__(self, path: str, *, read_only: bool = False, num_queues: int = 1, serial: str | None = None,
-                 logical_block_size: int = SECTOR) -> None:
+    def __init__(self, image: str | Image, *, read_only: bool = False, num_queues: int = 1,
+                 serial: str | None = None, logical_block_size: int = SECTOR) -> None:
         super().__init__()
-        if num_queues < 1 or num_queues > 64:
-            raise ValueError("num_queues must be between 1 and 64")
-        self.path = path
-        self.read_only = read_only
+        if num_queues < 1 or num_queues > MAX_QUEUES:
+            raise ValueError(f"num_queues must be between 1 and {MAX_QUEUES}")
+        self.owns_image = not isinstance(image, Image)
+        self.image = Image(image, read_only=read_only) if isinstance(image, str) else image
+        self.path = self.image.path
+        self.read_only = read_only or self.image.read_only
         self.num_queues = num_queues
-        self.fd = os.open(path, os.O_RDONLY if read_only else os.O_RDWR)
-        st = os.fstat(self.fd)
-        self.is_block_device = stat.S_ISBLK(st.st_mode)
-        self.size = os.lseek(self.fd, 0, os.SEEK_END) if self.is_block_device else st.st_size
-        self.capacity = self.size // SECTOR  # in 512-byte sectors, whatever the logical block size
-        self.serial = (serial if serial is not None else os.path.basename(path))[:ID_BYTES].encode()
+        self.fd = self.image.fd
+        self.is_block_device = self.image.is_block_device
+        self.size = self.image.size
+        self.capacity = self.image.capacity  # in 512-byte sectors, whatever the logical block size
+        self.serial = (serial if serial is not None else os.path.basename(self.path))[:ID_BYTES].encode()
         self.writeback = 1
         self.device_features = (F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_TOPOLOGY | F_CONFIG_WCE
-                                | F_DISCARD | F_WRITE_ZEROES | (F_RO if read_only else 0)
+                                | F_DISCARD | F_WRITE_ZEROES | (F_RO if self.read_only else 0)
                                 | (F_MQ if num_queues > 1 else 0))
         self.config = bytearray(CONFIG.pack(
             self.capacity, SIZE_MAX, SEG_MAX,
@@ -165,9 +171,10 @@ class BlkDevice(VirtioDevice):
         ))
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        """Close the image if this device opened it; a shared one is its owner's to close."""
+        if self.owns_image:
+            self.image.close()
+        self.fd = -1
 
     def config_write_hook(self, offset: int, data: bytes) -> None:
         # Only the writeback byte may change (CONFIG_WCE); anything else is refused.

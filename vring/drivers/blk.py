@@ -31,6 +31,10 @@ class BlkError(Exception):
         self.status = status
 
 
+class NotABlockDevice(ValueError):
+    """The back-end serves another kind of device: it offers no virtio-blk feature and no capacity."""
+
+
 class BlkConfig:
     """struct virtio_blk_config, decoded."""
 
@@ -85,6 +89,11 @@ class BlkClient:
         if queues > available:
             raise ValueError(f"{queues} queues asked for, the back-end has {available}")
         self.config = BlkConfig(frontend.get_config(CONFIG.size))
+        if not self.features & self.FEATURES and self.config.capacity == 0:
+            # vhost-user has no message that names the device type: a back-end with none of the virtio-blk
+            # features and an all-zero capacity (an rng, say) is not a disk to read or write.
+            raise NotABlockDevice("not a block device: the back-end offers no virtio-blk feature and a "
+                                  "capacity of 0")
         self.read_only = bool(self.features & F_RO)
         self.queues = frontend.setup_queues(queues, queue_size)
         self.mem = frontend.mem
@@ -142,13 +151,15 @@ class BlkClient:
 
     def read(self, sector: int, count: int) -> bytes:
         """``count`` 512-byte sectors from ``sector``."""
+        _check_range(sector, count)
         data = self._one(T_IN, sector, in_len=count * SECTOR)
         assert data is not None
         return data
 
     def write(self, sector: int, data: bytes) -> None:
-        if len(data) % SECTOR:
-            raise ValueError("data must be a multiple of 512 bytes")
+        if len(data) % SECTOR or not data:
+            raise ValueError("data must be a non-zero multiple of 512 bytes")
+        _check_range(sector, len(data) // SECTOR)
         self._one(T_OUT, sector, out_data=data)
 
     def flush(self) -> None:
@@ -159,9 +170,11 @@ class BlkClient:
         return (data or b"").rstrip(b"\0")
 
     def discard(self, sector: int, count: int) -> None:
+        _check_range(sector, count)
         self._one(T_DISCARD, out_data=DISCARD_SEG.pack(sector, count, 0))
 
     def write_zeroes(self, sector: int, count: int, unmap: bool = False) -> None:
+        _check_range(sector, count)
         self._one(T_WRITE_ZEROES, out_data=DISCARD_SEG.pack(sector, count, WZ_UNMAP if unmap else 0))
 
     # -- many requests -------------------------------------------------------------------------------------
@@ -172,6 +185,8 @@ class BlkClient:
         ``keep_data`` is false, None otherwise, or the BlkError of a failed request); ``latencies`` receives each
         request's submit-to-completion time in seconds. TimeoutError if no request completes for the front-end's
         timeout."""
+        if depth < 1:
+            raise ValueError(f"depth must be 1 or more, not {depth}")
         started: dict[int, float] = {}
         results: list[Any] = [None] * len(ops)
         next_op = 0
@@ -217,3 +232,11 @@ class BlkClient:
             except RingError:  # with no error eventfds given, only the deadline raises it
                 raise TimeoutError(f"no completion in {self.frontend.timeout} s ({done}/{len(ops)} done)") from None
         return results
+
+
+def _check_range(sector: int, count: int) -> None:
+    """ValueError for a range no request can carry (the device judges one past the end of the disk)."""
+    if sector < 0 or sector >= 1 << 64:
+        raise ValueError(f"sector {sector} is out of range")
+    if count < 1:
+        raise ValueError(f"a request needs 1 sector or more, not {count}")
