@@ -16,7 +16,7 @@ from vring.bench import default_plan
 from vring.cli import COMMANDS, build_parser
 from vring._version import __version__
 
-from cli_run import assert_one_line, vring_cli, vring_popen
+from support.cli_run import assert_one_line, vring_cli, vring_popen
 
 
 def test_version():

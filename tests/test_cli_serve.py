@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from backends import qsd_blk, vring_blk
-from cli_run import assert_one_line, vring_cli, vring_popen
+from support.backends import qsd_blk, vring_blk
+from support.cli_run import assert_one_line, vring_cli, vring_popen
 
 
 @pytest.fixture
