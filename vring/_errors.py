@@ -55,6 +55,10 @@ class QueueFull(VringError):
 
 
 # The device-side checks, each a distinct MalformedChain reason (both twins use these exact strings).
+# A new check: its reason here and its wording in chain_error; its C code CHECK_<REASON> in vring/_cring/defs.pxi
+# and CHAIN_CHECK_CODES (tests/test_check_codes.py matches them); the check in both twins, in the file of its
+# concern (descriptors.* when both layouts have it, else split_device.* / packed_device.*), at the same point in
+# the order of checks; a test on both twins. docs/design.md, "Where a new check goes", says the same at length.
 CHAIN_REASONS = (
     "avail-index-jump",  # avail->idx moved more than the queue size past last_avail_idx
     "head-out-of-range",  # avail ring entry >= queue size

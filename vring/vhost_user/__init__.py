@@ -2,8 +2,9 @@
 front-end)."""
 
 from .connection import Connection
+from .frontend import BackendError, Frontend
 from .protocol import Message, ProtocolError, ProtocolFeature, Request, recv_message, send_message
 from .server import VhostUserBackend
 
-__all__ = ["Connection", "Message", "ProtocolError", "ProtocolFeature", "Request", "VhostUserBackend",
+__all__ = ["BackendError", "Connection", "Frontend", "Message", "ProtocolError", "ProtocolFeature", "Request", "VhostUserBackend",
            "recv_message", "send_message"]
