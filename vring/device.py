@@ -177,3 +177,7 @@ class VirtioDevice:
     def reset(self) -> None:
         self.driver_features = 0
         self.status = 0
+
+    def close(self) -> None:
+        """Release what the device holds (files, executors): a transport calls it when the session the device
+        was made for is over. The base device holds nothing."""

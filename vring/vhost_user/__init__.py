@@ -4,7 +4,7 @@ front-end)."""
 from .connection import Connection
 from .frontend import BackendError, Frontend
 from .protocol import Message, ProtocolError, ProtocolFeature, Request, recv_message, send_message
-from .server import VhostUserBackend
+from .server import ListenError, NotASocket, SocketInUse, VhostUserBackend
 
-__all__ = ["BackendError", "Connection", "Frontend", "Message", "ProtocolError", "ProtocolFeature", "Request", "VhostUserBackend",
-           "recv_message", "send_message"]
+__all__ = ["BackendError", "Connection", "Frontend", "ListenError", "Message", "NotASocket", "ProtocolError",
+           "ProtocolFeature", "Request", "SocketInUse", "VhostUserBackend", "recv_message", "send_message"]

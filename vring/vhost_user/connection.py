@@ -17,24 +17,26 @@ log = logging.getLogger("vring.vhost_user")
 
 
 class Connection:
-    """One front-end session, served by the thread that calls ``run``."""
+    """One front-end session, served by the thread that calls ``run``. It owns the socket and the device: both
+    are closed with it."""
 
     def __init__(self, sock: socket.socket, device: VirtioDevice, name: str) -> None:
         self.sock = sock
         self.name = name
         self.selector = selectors.DefaultSelector()
-        self.selector.register(sock, selectors.EVENT_READ, None)  # data None: the socket; else the kicked Vring
+        try:
+            self.selector.register(sock, selectors.EVENT_READ, None)  # data None: the socket; else the kicked Vring
+        except BaseException:
+            self.selector.close()
+            raise
+        self.watch_changes = 0  # bumped whenever a kick fd joins or leaves the selector
         self.handler = Handler(device, name, self)
 
     def run(self, stop: threading.Event) -> None:
         """Serve until the front-end leaves, breaks the protocol or ``stop`` is set; then close."""
         try:
             while not stop.is_set():
-                for key, _ in self.selector.select(timeout=0.5):
-                    if key.data is None:
-                        self._message()
-                    else:
-                        key.data.kicked()
+                self._serve_batch()
         except PeerClosed:
             log.info("%s: front-end disconnected", self.name)
         except ProtocolError as exc:
@@ -44,6 +46,19 @@ class Connection:
         finally:
             self.close()
 
+    def _serve_batch(self) -> None:
+        """One select(): each ready kick serves its ring, the ready socket one message. A message that changes
+        the watched fds ends the batch: the keys after it may name a kick fd closed or replaced since (what is
+        still ready shows again at the next select)."""
+        for key, _ in self.selector.select(timeout=0.5):
+            if key.data is None:
+                changes = self.watch_changes
+                self._message()
+                if self.watch_changes != changes:
+                    return
+            else:
+                key.data.kicked()
+
     def _message(self) -> None:
         msg = recv_message(self.sock)
         reply = self.handler.handle(msg)
@@ -51,19 +66,24 @@ class Connection:
             send_message(self.sock, msg.request, reply, flags=VERSION | FLAG_REPLY)
 
     def close(self) -> None:
-        self.handler.close()
+        """Close the rings, the memory, the device, the selector and the socket (each even if one before fails)."""
         try:
-            self.selector.close()
+            self.handler.close()
         finally:
-            self.sock.close()
+            try:
+                self.selector.close()
+            finally:
+                self.sock.close()
 
     # -- the handler's KickWatcher -------------------------------------------------------------------------
     def watch(self, vring: Vring) -> None:
         self.selector.register(vring.kick, selectors.EVENT_READ, vring)
+        self.watch_changes += 1
 
     def unwatch(self, vring: Vring) -> None:
         if vring.kick >= 0:
             try:
                 self.selector.unregister(vring.kick)
             except (KeyError, ValueError):
-                pass  # not watched: the ring was not started
+                return  # not watched: the ring was not started
+            self.watch_changes += 1

@@ -8,6 +8,7 @@ allows (a config write the device does not take) is answered, not raised.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable, Literal, Protocol, Union
 
 from .._errors import VringError
@@ -16,15 +17,17 @@ from .._layout import area_bytes
 from ..device import VirtioDevice
 from .memory_table import MAX_MEM_SLOTS, MemoryTable, MemRegion
 from .protocol import (
-    CONFIG_HEAD, F_PROTOCOL_FEATURES, MAX_CONFIG_SIZE, MAX_FDS, MEM_REGION, MEM_TABLE_HEAD, U64, VRING_ADDR,
-    VRING_IDX_MASK, VRING_NOFD_MASK, VRING_STATE, Message, ProtocolError, ProtocolFeature, Request,
+    CONFIG_FLAG_MIGRATION, CONFIG_HEAD, F_PROTOCOL_FEATURES, MAX_CONFIG_SIZE, MAX_FDS, MEM_REGION, MEM_TABLE_HEAD,
+    U64, VRING_ADDR, VRING_IDX_MASK, VRING_NOFD_MASK, VRING_STATE, Message, ProtocolError, ProtocolFeature, Request,
 )
-from .vring import Vring
+from .vring import Vring, not_an_eventfd
 
 log = logging.getLogger("vring.vhost_user")
 
 OFFERED_PROTOCOL_FEATURES = (ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK | ProtocolFeature.CONFIG
                              | ProtocolFeature.CONFIGURE_MEM_SLOTS)
+
+_EVENTFD_ROLES = {Request.SET_VRING_KICK: "kick", Request.SET_VRING_CALL: "call", Request.SET_VRING_ERR: "err"}
 
 # What a request's handler returns: the reply payload, or None for success (acked with 0 when the front-end asks
 # for REPLY_ACK), or False for a refusal (acked with 1).
@@ -79,8 +82,13 @@ class Handler:
         return [Vring(i, self.device, self.name) for i in range(self.device.num_queues)]
 
     def close(self) -> None:
-        for vring in self.vrings:
-            vring.close()
+        """The session is over: close the rings' eventfds, unmap the memory and close the device."""
+        try:
+            for vring in self.vrings:
+                vring.close()
+            self.memory.close()
+        finally:
+            self.device.close()
 
     # -- dispatch ------------------------------------------------------------------------------------------
     def handle(self, msg: Message) -> bytes | None:
@@ -177,15 +185,15 @@ class Handler:
         if not 1 <= nregions <= MAX_FDS:
             raise ProtocolError(f"SET_MEM_TABLE: {nregions} regions (1 to {MAX_FDS} allowed)")
         self._expect(msg, MEM_TABLE_HEAD.size + nregions * MEM_REGION.size, nregions)
-        regions = [MemRegion.unpack_from(msg.payload, MEM_TABLE_HEAD.size + i * MEM_REGION.size)
-                   for i in range(nregions)]
+        regions = [MemRegion.unpack_from(msg.payload, MEM_TABLE_HEAD.size + i * MEM_REGION.size,
+                                         f"SET_MEM_TABLE: region {i}") for i in range(nregions)]
         self.memory.replace(regions, msg.fds)  # the mappings keep the memory: dispatch closes the fds
         log.info("%s: memory table of %d regions: %s", self.name, nregions,
                  ", ".join(f"{r.gpa:#x}+{r.size:#x}" for r in regions))
 
     def _on_add_mem_reg(self, msg: Message) -> None:
         self._expect(msg, 8 + MEM_REGION.size, 1)
-        region = MemRegion.unpack_from(msg.payload, 8)
+        region = MemRegion.unpack_from(msg.payload, 8, "ADD_MEM_REG: region")
         self.memory.add(region, msg.fds[0])
         log.info("%s: added memory region %#x+%#x", self.name, region.gpa, region.size)
 
@@ -193,7 +201,7 @@ class Handler:
         # QEMU sends the region's fd along; it is not needed to remove it (dispatch closes it)
         if len(msg.payload) != 8 + MEM_REGION.size or len(msg.fds) > 1:
             raise ProtocolError(f"REM_MEM_REG: payload of {len(msg.payload)} bytes and {len(msg.fds)} fds")
-        region = MemRegion.unpack_from(msg.payload, 8)
+        region = MemRegion.unpack_from(msg.payload, 8, "REM_MEM_REG: region")
         self.memory.remove(region.gpa, region.size, region.uva)
         log.info("%s: removed memory region %#x+%#x", self.name, region.gpa, region.size)
 
@@ -209,15 +217,20 @@ class Handler:
 
     def _on_set_vring_addr(self, msg: Message) -> None:
         self._expect(msg, VRING_ADDR.size)
-        index, _flags, desc, used, avail, _log = VRING_ADDR.unpack(msg.payload)
-        self._vring(msg, index).addr = (desc, avail, used)
+        index, flags, desc, used, avail, _log = VRING_ADDR.unpack(msg.payload)
+        vring = self._vring(msg, index)
+        if flags:  # bit 0 asks for dirty-page logging (F_LOG_ALL, never offered); no other bit is defined
+            raise ProtocolError(f"SET_VRING_ADDR: queue {index} flags {flags:#x} are not 0 (dirty-page logging "
+                                "is not offered)")
+        vring.addr = (desc, avail, used)  # translated, and so range-checked, when the ring starts
 
     def _on_set_vring_base(self, msg: Message) -> None:
         self._expect(msg, VRING_STATE.size)
         index, base = VRING_STATE.unpack(msg.payload)
+        vring = self._vring(msg, index)
         if base > 0xFFFF and not self.device.driver_features & Feature.RING_PACKED:
             raise ProtocolError(f"SET_VRING_BASE: queue {index} base {base:#x} is not a 16-bit index")
-        self._vring(msg, index).base = base  # decoded when the ring starts (protocol.decode_ring_base)
+        vring.base = base  # decoded, and checked against the ring size, when the ring starts
 
     def _on_get_vring_base(self, msg: Message) -> bytes:
         self._expect(msg, VRING_STATE.size)
@@ -228,7 +241,8 @@ class Handler:
         return VRING_STATE.pack(index, vring.base)
 
     def _eventfd_message(self, msg: Message) -> tuple[Vring, int]:
-        """The ring and the fd (-1 for none) of SET_VRING_KICK / CALL / ERR; the caller owns the fd."""
+        """The ring and the fd (-1 for none) of SET_VRING_KICK / CALL / ERR, checked to be an eventfd and made
+        non-blocking; the caller owns the fd."""
         if len(msg.payload) != U64.size:
             raise ProtocolError(f"{msg.name}: payload of {len(msg.payload)} bytes, expected 8")
         (value,) = U64.unpack(msg.payload)
@@ -239,7 +253,16 @@ class Handler:
             raise ProtocolError(f"{msg.name}: {len(msg.fds)} file descriptors with the no-fd flag "
                                 f"{'set' if nofd else 'clear'}")
         vring = self._vring(msg, value & VRING_IDX_MASK)
-        fd = -1 if nofd else msg.fds[0]
+        if nofd:
+            return vring, -1
+        fd = msg.fds[0]
+        role = _EVENTFD_ROLES[Request(msg.request)]
+        kind = not_an_eventfd(fd)
+        if kind is not None:
+            raise ProtocolError(f"{msg.name}: the {role} fd of queue {vring.index} is not an eventfd ({kind})")
+        # No read or write on a peer's fd may block this thread: a kick read with nothing pending, or a call
+        # write onto a saturated counter, must fail with EAGAIN instead.
+        os.set_blocking(fd, False)
         msg.fds = []
         return vring, fd
 
@@ -264,9 +287,9 @@ class Handler:
     def _on_set_vring_enable(self, msg: Message) -> None:
         self._expect(msg, VRING_STATE.size)
         index, enable = VRING_STATE.unpack(msg.payload)
+        vring = self._vring(msg, index)
         if enable > 1:
             raise ProtocolError(f"SET_VRING_ENABLE: queue {index} state {enable} is neither 0 nor 1")
-        vring = self._vring(msg, index)
         vring.enabled = bool(enable)
         log.info("%s: queue %d %s", self.name, index, "enabled" if enable else "disabled")
         if vring.enabled:
@@ -301,21 +324,25 @@ class Handler:
         self.kicks.unwatch(vring)
 
     # -- config space --------------------------------------------------------------------------------------
-    def _on_get_config(self, msg: Message) -> bytes:
+    def _config_head(self, msg: Message) -> tuple[int, int, int]:
+        """The offset, size and flags of GET_CONFIG / SET_CONFIG, checked against the payload and the limit."""
         if len(msg.payload) < CONFIG_HEAD.size:
-            raise ProtocolError(f"GET_CONFIG: payload of {len(msg.payload)} bytes is too short")
+            raise ProtocolError(f"{msg.name}: payload of {len(msg.payload)} bytes is too short")
         offset, size, flags = CONFIG_HEAD.unpack_from(msg.payload)
         self._expect(msg, CONFIG_HEAD.size + size)
         if offset + size > MAX_CONFIG_SIZE:
-            raise ProtocolError(f"GET_CONFIG: {size} bytes at {offset} is past the {MAX_CONFIG_SIZE}-byte limit")
+            raise ProtocolError(f"{msg.name}: {size} bytes at {offset} is past the {MAX_CONFIG_SIZE}-byte limit")
+        if flags > CONFIG_FLAG_MIGRATION:
+            raise ProtocolError(f"{msg.name}: flags {flags:#x} are neither 0 (front-end) nor 1 (migration)")
+        return offset, size, flags
+
+    def _on_get_config(self, msg: Message) -> bytes:
+        offset, size, flags = self._config_head(msg)
         config = bytes(self.device.config) + bytes(MAX_CONFIG_SIZE)  # past the device's fields: zeros
         return CONFIG_HEAD.pack(offset, size, flags) + config[offset:offset + size]
 
     def _on_set_config(self, msg: Message) -> Reply:
-        if len(msg.payload) < CONFIG_HEAD.size:
-            raise ProtocolError(f"SET_CONFIG: payload of {len(msg.payload)} bytes is too short")
-        offset, size, _flags = CONFIG_HEAD.unpack_from(msg.payload)
-        self._expect(msg, CONFIG_HEAD.size + size)
+        offset, _size, _flags = self._config_head(msg)
         try:
             self.device.write_config(offset, msg.payload[CONFIG_HEAD.size:])
         except VringError as exc:

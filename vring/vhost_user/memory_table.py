@@ -10,6 +10,7 @@ from .._errors import VringError
 from .protocol import MEM_REGION, ProtocolError
 
 MAX_MEM_SLOTS = 32  # what GET_MAX_MEM_SLOTS answers: the most regions ADD_MEM_REG may build up
+MAX_FILE_OFFSET = (1 << 63) - 1  # off_t: no mapping reaches past it (nor is any size larger)
 
 
 @dataclass(frozen=True)
@@ -20,9 +21,24 @@ class MemRegion:
     mmap_offset: int
 
     @classmethod
-    def unpack_from(cls, payload: bytes, offset: int) -> "MemRegion":
-        """The VhostUserMemoryRegion at ``offset`` of a message payload."""
-        return cls(*MEM_REGION.unpack_from(payload, offset))
+    def unpack_from(cls, payload: bytes, offset: int, where: str) -> "MemRegion":
+        """The VhostUserMemoryRegion at ``offset`` of a message payload, range-checked; ``where`` names it in
+        the ProtocolError of a bad field (e.g. "SET_MEM_TABLE: region 2")."""
+        gpa, size, uva, mmap_offset = MEM_REGION.unpack_from(payload, offset)
+        if size == 0:
+            raise ProtocolError(f"{where} memory_size is 0")
+        if size > MAX_FILE_OFFSET:
+            raise ProtocolError(f"{where} memory_size {size:#x} is over the largest file size {MAX_FILE_OFFSET:#x}")
+        if mmap_offset > MAX_FILE_OFFSET:
+            raise ProtocolError(f"{where} mmap_offset {mmap_offset:#x} is over the largest file offset "
+                                f"{MAX_FILE_OFFSET:#x}")
+        if mmap_offset + size > MAX_FILE_OFFSET:
+            raise ProtocolError(f"{where} mmap_offset {mmap_offset:#x} + memory_size {size:#x} is past the largest "
+                                f"file offset {MAX_FILE_OFFSET:#x}")
+        for field, start in (("guest_phys_addr", gpa), ("userspace_addr", uva)):
+            if start + size > 1 << 64:
+                raise ProtocolError(f"{where} {field} {start:#x} + memory_size {size:#x} wraps past 2^64")
+        return cls(gpa, size, uva, mmap_offset)
 
 
 class MemoryTable:
@@ -60,6 +76,13 @@ class MemoryTable:
                 return
         raise ProtocolError(f"REM_MEM_REG: no region {gpa:#x}+{size:#x} at user address {uva:#x}")
 
+    def close(self) -> None:
+        """The connection is over: drop every region now rather than at the next garbage collection, so that each
+        mapping goes as soon as no ring views it."""
+        for gpa, _size in self.mem.regions:
+            self.mem.remove_region(gpa)
+        self.regions = []
+
     def to_gpa(self, uva: int, length: int) -> int | None:
         """The guest-physical address of the ``length`` bytes at user address ``uva``; None if no one region
         holds them all."""
@@ -70,8 +93,6 @@ class MemoryTable:
 
 
 def _map(mem: GuestMemory, region: MemRegion, fd: int, others: list[MemRegion]) -> None:
-    if region.size == 0 or region.gpa + region.size > 1 << 64 or region.uva + region.size > 1 << 64:
-        raise ProtocolError(f"memory region {region.gpa:#x}+{region.size:#x} is empty or wraps")
     for other in others:
         if region.uva < other.uva + other.size and other.uva < region.uva + region.size:
             raise ProtocolError(f"memory region at user address {region.uva:#x} overlaps another")

@@ -29,6 +29,7 @@ VRING_ADDR = struct.Struct("=IIQQQQ")  # index, flags, descriptor, used, availab
 MEM_REGION = struct.Struct("=QQQQ")  # guest_phys_addr, memory_size, userspace_addr, mmap_offset
 MEM_TABLE_HEAD = struct.Struct("=II")  # nregions, padding
 CONFIG_HEAD = struct.Struct("=III")  # offset, size, flags
+CONFIG_FLAG_MIGRATION = 1  # the highest config flags value: 0 is a front-end access, 1 one during migration
 MAX_CONFIG_SIZE = 256
 VRING_IDX_MASK = 0xFF
 VRING_NOFD_MASK = 1 << 8

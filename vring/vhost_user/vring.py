@@ -1,10 +1,13 @@
 """One ring of a vhost-user connection: what the front-end set up for it (size, addresses, base, eventfds) and,
-while it is started, the device queue over it, served by the device and signalled through the call eventfd."""
+while it is started, the device queue over it, served by the device and signalled through the call eventfd.
+The eventfds are the peer's: each is checked to be one when it arrives (``not_an_eventfd``) and used without ever
+blocking."""
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 from typing import Any
 
 from .. import create_device_queue, ring_layout
@@ -79,11 +82,11 @@ class Vring:
     def signal(self) -> None:
         """Interrupt the driver: the device used buffers it asked to hear about."""
         if self.call >= 0:
-            os.eventfd_write(self.call, 1)
+            _notify(self.call)
 
     def signal_error(self) -> None:
         if self.err >= 0:
-            os.eventfd_write(self.err, 1)
+            _notify(self.err)
 
     # -- serving -------------------------------------------------------------------------------------------
     def kicked(self) -> None:
@@ -112,3 +115,30 @@ class Vring:
             self.broken = True
             log.error("%s: queue %d stopped: %s", self.name, self.index, exc)
             self.signal_error()
+
+
+def _notify(fd: int) -> None:
+    """Add 1 to a peer's eventfd (made non-blocking when received). A counter at its maximum refuses it (EAGAIN)
+    and is left so: the peer has a notification pending anyway."""
+    try:
+        os.eventfd_write(fd, 1)
+    except BlockingIOError:
+        pass
+
+
+_FILE_KINDS = {stat.S_IFIFO: "a pipe", stat.S_IFSOCK: "a socket", stat.S_IFREG: "a regular file",
+               stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device", stat.S_IFDIR: "a directory",
+               stat.S_IFLNK: "a symbolic link", 0: "an anonymous inode of another kind"}
+
+
+def not_an_eventfd(fd: int) -> str | None:
+    """What ``fd`` is if it is not an eventfd (e.g. "a pipe"), or None for an eventfd: Linux shows an eventfd's
+    counter as the "eventfd-count" line of its /proc/self/fdinfo entry."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as info:
+            if any(line.startswith("eventfd-count:") for line in info):
+                return None
+    except OSError as exc:
+        return f"its /proc/self/fdinfo entry cannot be read: {exc.strerror}"
+    kind = stat.S_IFMT(os.fstat(fd).st_mode)
+    return _FILE_KINDS.get(kind, f"a file of type {kind:#o}")
