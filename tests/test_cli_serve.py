@@ -32,6 +32,21 @@ def test_a_second_writer_on_a_served_image_is_refused(image, tmp_path):
             assert not (tmp_path / "b.sock").exists()
 
 
+def test_a_live_socket_is_address_in_use_and_the_first_server_keeps_it(image, tmp_path):
+    sock = tmp_path / "a.sock"
+    with vring_blk(image, sock, read_only=True):
+        inode = sock.stat().st_ino
+        done = vring_cli("serve", "rng", "--socket", str(sock), timeout=30)
+        assert_one_line(done, 2, f"{sock}: address in use")
+        assert sock.stat().st_ino == inode  # neither replaced nor removed
+
+
+def test_a_file_that_is_not_a_socket_is_neither_replaced_nor_removed(image, tmp_path):
+    before = image.read_bytes()
+    assert_one_line(vring_cli("serve", "rng", "--socket", str(image), timeout=30), 2, "is not a socket")
+    assert image.read_bytes() == before
+
+
 def test_read_only_servers_share_an_image_and_exclude_a_writer(image, tmp_path):
     with vring_blk(image, tmp_path / "a.sock", read_only=True), vring_blk(image, tmp_path / "b.sock", read_only=True):
         assert_one_line(serve(image, tmp_path / "c.sock"), 1, "in use by another process (locked)")

@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 
-from vring.vhost_user import VhostUserBackend
+from vring.vhost_user import ListenError, VhostUserBackend
 
 from ._args import CommandError, int_range
 
@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         backend = VhostUserBackend(factory, args.socket)
         try:
             backend.listen()
+        except ListenError as exc:  # a live server or a file that is not a socket: the user named the wrong path
+            raise CommandError(str(exc), code=2) from None
         except OSError as exc:
             raise CommandError(f"cannot listen on {args.socket}: {exc.strerror or exc}") from None
 
