@@ -151,6 +151,9 @@ def at_rest(pid: int, threads: int, timeout: float = 10.0) -> tuple[int, int, in
 
 
 # -- 1. nothing outlives its connection ----------------------------------------------------------------------
+CYCLES = 10_000  # connect, SET_MEM_TABLE, start a ring, disconnect: about 30 s
+
+
 def test_connection_cycles_leave_no_fd_or_mapping_behind(server):
     sock, _, proc = server
     threads = usage(proc.pid)[2]  # before any connection: the accept loop (and any thread a library started)
@@ -174,10 +177,10 @@ def test_connection_cycles_leave_no_fd_or_mapping_behind(server):
     baseline = at_rest(proc.pid, threads)
     assert baseline[2] == threads
     all_mappings = len(mappings(proc.pid))
-    for _ in range(300):
+    for _ in range(CYCLES):
         cycle()
-    assert settles_at(proc.pid, baseline) == baseline, "(fds, mappings of files, threads) after 300 connections"
-    # Anything left per connection would add 300; the allocators' own mappings move by a few either way.
+    assert settles_at(proc.pid, baseline) == baseline, f"(fds, mappings of files, threads) after {CYCLES} connections"
+    # Anything left per connection would add one per cycle; the allocators' own mappings move by a few either way.
     assert len(mappings(proc.pid)) <= all_mappings + 8
     os.close(mem)
     assert proc.poll() is None
@@ -197,6 +200,39 @@ def test_hundred_concurrent_connections_are_served(server):
         for front in fronts:
             front.close()
             os.close(front.memfd)
+    assert proc.poll() is None
+
+
+def test_a_client_that_stops_reading_its_replies_blocks_no_other_connection(server):
+    sock, image, proc = server
+    greedy = raw_client(sock)
+    greedy.settimeout(None)
+    sent = [0]
+
+    def ask_and_never_read() -> None:  # the replies fill the socket, then our requests fill it the other way
+        try:
+            while True:
+                greedy.sendall(HEADER.pack(Request.GET_FEATURES, 1, 0))
+                sent[0] += 1
+        except OSError:
+            pass  # the socket was shut down at the end of the test
+
+    asker = threading.Thread(target=ask_and_never_read, daemon=True)
+    asker.start()
+    before = -1
+    while sent[0] != before:  # until our requests no longer go out: the server's thread is stuck writing
+        before = sent[0]
+        time.sleep(0.5)
+    # A few hundred small messages fill a unix socket each way (each takes a buffer of its own): a server that
+    # answered them all would have let thousands through.
+    assert 100 < sent[0] < 100_000
+    with Frontend(str(sock), mem_size=MEM_BYTES) as front:
+        front.connect()
+        assert BlkClient(front, queue_size=16).read(7, 1) == image.read_bytes()[7 * 512:8 * 512]
+        os.close(front.memfd)
+    greedy.shutdown(socket.SHUT_RDWR)
+    greedy.close()
+    asker.join(5)
     assert proc.poll() is None
 
 
