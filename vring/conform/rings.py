@@ -25,8 +25,6 @@ Buffer = tuple[int, int, int]  # guest-physical address, length, descriptor flag
 class SplitRing:
     """A split ring (spec 2.7) of ``size`` at ``RING_GPA``; chains take consecutive descriptor slots."""
 
-    packed = False
-
     def __init__(self, guest: Guest, size: int, features: int) -> None:
         self.guest = guest
         self.size = size
@@ -78,8 +76,6 @@ class SplitRing:
 
 class PackedRing:
     """A packed ring (spec 2.8) of ``size`` at ``RING_GPA``; chains take consecutive slots, ids are the head slot."""
-
-    packed = True
 
     def __init__(self, guest: Guest, size: int, features: int) -> None:
         self.guest = guest

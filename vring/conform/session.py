@@ -95,7 +95,8 @@ class Session:
         assert self.ring is not None
         layout = self.ring.layout
         if addresses is None:
-            addresses = tuple(self.guest.uva_of(a) for a in (layout.desc, layout.device_area, layout.driver_area))
+            uva = self.guest.uva_of
+            addresses = (uva(layout.desc), uva(layout.device_area), uva(layout.driver_area))
         self.wire.request(Request.SET_VRING_ADDR, VRING_ADDR.pack(index, 0, *addresses, 0))
 
     def set_eventfd(self, request: Request, name: str, fd: int | None = None, index: int = 0) -> None:
