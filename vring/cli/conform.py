@@ -21,7 +21,8 @@ the back-end dies), and a faulty back-end may write more: point it at a scratch 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", required=True, help="the back-end's unix socket")
-    parser.add_argument("--json", metavar="PATH", help="also write the verdicts as JSON to PATH ('-': stdout)")
+    parser.add_argument("--json", metavar="PATH",
+                        help="write the verdicts as JSON to PATH too ('-': JSON on stdout instead of the table)")
     parser.add_argument("--timeout", type=positive_float, default=2.0,
                         help="seconds a case waits for any answer before calling it hung (default 2)")
     parser.add_argument("--case", metavar="PATTERN",

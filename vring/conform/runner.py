@@ -19,6 +19,7 @@ import random
 import time
 from typing import Callable
 
+from .._features import Feature
 from ..devices.blk import F_RO, S_OK, SECTOR, STATUS_NAMES
 from .cases import PATTERN_SECTOR, PATTERN_SECTORS, Case, all_cases, select_cases
 from .report import Verdict
@@ -79,12 +80,9 @@ def _judge_ring(case: Case, s: Session, submitted: Submitted | None, outcome: Ou
         return _read_back(s, pattern, ("served", f"used with status {_status_name(status)}"))
     if submitted is None:  # silent, as it should be: the ring still works
         return _read_back(s, pattern, ("served", "ignored it"))
-    try:
-        answers = s.wire.answers()
-    except Closed:
-        answers = False
+    answers = s.wire.answers()
     if s.wire.closed():
-        return "rejected", "closed the connection (once asked something after the ring error)"
+        return "rejected", "closed the connection (when asked something after the request went unanswered)"
     if answers:
         return "hung", f"the request never completed and no error was signalled in {s.timeout} s"
     return "hung", f"neither the ring nor the connection answered in {s.timeout} s"
@@ -134,7 +132,8 @@ def judge(case: Case, path: str, timeout: float, pattern: bytes) -> Judgement:
             return "died" if isinstance(exc, Closed) else "hung", f"a new connection failed: {exc}"
         missing = case.needs & ~s.features
         if missing:
-            return "skipped", f"the back-end does not grant features {missing:#x}"
+            names = "|".join(f.name or "" for f in Feature if f & missing)
+            return "skipped", f"the back-end does not offer {names}"
         try:
             if case.kind == "ring":
                 return _ring_case(case, s, pattern)

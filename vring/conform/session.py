@@ -21,6 +21,8 @@ QUEUE_SIZE = 16
 PRIMED_STATUS = 0xFF  # what a status byte holds until the device writes it
 # The virtio features a session asks for unless its case says otherwise (the back-end grants what it offers).
 DEFAULT_FEATURES = Feature.VERSION_1 | Feature.INDIRECT_DESC | Feature.EVENT_IDX
+# Completions are found by polling the used ring, not by sleeping on the call eventfd: some cases set event
+# fields that rightly suppress the interrupt, and a back-end's interrupt is not what a case judges.
 _POLL_SECONDS = 0.0005
 
 

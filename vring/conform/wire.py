@@ -43,8 +43,8 @@ class Wire:
         self.protocol_features = 0  # as acked with SET_PROTOCOL_FEATURES
 
     def connect(self) -> "Wire":
-        """Connect, retrying briefly while the socket is missing or the listener is busy (a back-end that serves
-        one front-end at a time accepts the next only once it has seen the last one go)."""
+        """Connect, retrying for up to the timeout while the socket is missing or refuses (a back-end that is
+        starting, or restarting its listener)."""
         deadline = time.monotonic() + self.timeout
         while True:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
