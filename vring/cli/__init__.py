@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {  # subcommand -> its one-line help, in the order `v
     "bench": "requests/s of each API and twin, against the C floor",
     "serve": "serve a device to QEMU over vhost-user",
     "blk": "a virtio-blk client of any vhost-user-blk back-end",
+    "conform": "attack a vhost-user-blk back-end as a hostile front-end: a verdict per case",
 }
 
 EXAMPLES = """examples:
