@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import stat
 import subprocess
+import sys
 import time
 
 import pytest
 
 from support.backends import qsd_blk, vring_blk
-from support.cli_run import assert_one_line, vring_cli, vring_popen
+from support.cli_run import ENV, assert_one_line, vring_cli, vring_popen
+from vring.drivers.blk import BlkClient
+from vring.vhost_user import Frontend
 
 
 @pytest.fixture
@@ -132,3 +137,70 @@ def test_a_signal_stops_the_server_cleanly(image, tmp_path, signum):
     # the lock went with the server: another one may serve the image now
     with vring_blk(image, tmp_path / "again.sock"):
         pass
+
+
+# -- what a supervisor and a QEMU under another user need -------------------------------------------------------
+def test_socket_mode_and_group_are_set_before_anyone_connects(image, tmp_path):
+    sock = tmp_path / "blk.sock"
+    group = 4242 if os.geteuid() == 0 else os.getgid()  # root may give the socket to any group
+    with vring_blk(image, sock, extra=("--socket-mode", "0660", "--socket-group", str(group))):
+        st = sock.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == group
+        with Frontend(str(sock)) as front:
+            front.connect()
+            assert BlkClient(front, queue_size=16).read(3, 1) == image.read_bytes()[3 * 512:4 * 512]
+            os.close(front.memfd)
+
+
+def test_a_listening_socket_from_a_supervisor_is_served_and_left_in_place(image, tmp_path):
+    path = tmp_path / "activated.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(4)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(30)
+    env = dict(ENV, NOTIFY_SOCKET=str(tmp_path / "notify"))
+    proc = subprocess.Popen([sys.executable, "-m", "vring", "serve", "blk", str(image), "--socket-fd",
+                             str(listener.fileno())], pass_fds=[listener.fileno()], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        ready = notify.recv(4096).decode()  # sd_notify: sent once the socket is served
+        assert "READY=1" in ready.split("\n") and f"MAINPID={proc.pid}" in ready
+        with Frontend(str(path)) as front:
+            front.connect()
+            assert BlkClient(front, queue_size=16).read(9, 1) == image.read_bytes()[9 * 512:10 * 512]
+            os.close(front.memfd)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        listener.close()
+        notify.close()
+    assert proc.returncode == 0, proc.stderr.read()
+    assert path.exists()  # the supervisor's socket: not ours to remove
+
+
+def test_socket_options_that_cannot_apply_are_refused(image, tmp_path):
+    assert_one_line(vring_cli("serve", "blk", str(image), "--socket-fd", "0", "--socket-mode", "0600"), 2,
+                    "--socket-mode and --socket-group")
+    assert_one_line(vring_cli("serve", "blk", str(image), "--socket-fd", "0"), 2, "fd 0 is not a socket")
+    assert_one_line(vring_cli("serve", "blk", str(image), "--socket", str(tmp_path / "s"), "--socket-mode",
+                              "999"), 2, "not an octal mode")
+    assert_one_line(vring_cli("serve", "blk", str(image), "--socket", str(tmp_path / "s"), "--socket-group",
+                              "no-such-group-here"), 2, "no group named")
+
+
+def test_serial_and_logical_block_size_reach_the_driver(image, tmp_path):
+    sock = tmp_path / "blk.sock"
+    with vring_blk(image, sock, extra=("--serial", "vring-serial-42", "--logical-block-size", "4096")):
+        with Frontend(str(sock)) as front:
+            front.connect()
+            client = BlkClient(front, queue_size=16)
+            assert client.get_id().rstrip(b"\0") == b"vring-serial-42"
+            assert client.config.blk_size == 4096
+            os.close(front.memfd)
+    assert_one_line(serve(image, sock, "--serial", "x" * 21), 2, "more than 20")
+    assert_one_line(serve(image, sock, "--logical-block-size", "1000"), 2, "not a power of two")
+    odd = tmp_path / "odd.img"
+    odd.write_bytes(bytes(4096 + 512))
+    assert_one_line(serve(odd, sock, "--logical-block-size", "4096"), 1, "not a multiple of the logical block size")

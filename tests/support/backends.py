@@ -51,13 +51,14 @@ def _stop(proc: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def vring_blk(image: Path, sock: Path, *, queues: int = 1, read_only: bool = False,
-              device: str = "blk") -> Iterator[subprocess.Popen]:
-    """`vring serve blk IMAGE` on ``sock``; the log (at -vv) is kept next to the socket."""
+              device: str = "blk", extra: tuple[str, ...] = ()) -> Iterator[subprocess.Popen]:
+    """`vring serve blk IMAGE` on ``sock`` (``extra`` options added); the log (at -vv) is kept next to the
+    socket."""
     log = sock.with_suffix(".log")
     args = [sys.executable, "-m", "vring", "serve", device]
     if device == "blk":
         args += [str(image), "--queues", str(queues)] + (["--read-only"] if read_only else [])
-    args += ["--socket", str(sock), "-vv"]
+    args += ["--socket", str(sock), "-vv", *extra]
     env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
     with open(log, "w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -14,7 +14,11 @@ from ._args import CommandError, int_range
 EXAMPLES = """examples:
   vring serve blk disk.img --socket /tmp/blk.sock
   vring serve blk disk.img --socket /tmp/blk.sock --read-only --queues 4
+  vring serve blk disk.img --socket /run/vm/blk.sock --socket-mode 0660 --socket-group kvm
+  vring serve blk disk.img --socket-fd 3           # a listening socket from systemd or libvirt
   vring serve rng --socket /tmp/rng.sock -v
+
+With NOTIFY_SOCKET set (systemd Type=notify), READY=1 is sent once the socket listens.
 
 The image is locked while it is served (shared with --read-only, exclusive otherwise), as qemu-storage-daemon
 locks it: a second writer on the same image is refused."""
@@ -25,13 +29,80 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("device", choices=["blk", "rng"], help="the device to serve")
     parser.add_argument("image", nargs="?", help="blk: raw image file or block device (a multiple of 512 bytes)")
-    parser.add_argument("--socket", required=True, help="unix socket path to listen on")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--socket", help="unix socket path to listen on")
+    where.add_argument("--socket-fd", type=int_range(0), metavar="FD",
+                       help="serve on this already bound, listening unix socket (socket activation)")
+    parser.add_argument("--socket-mode", type=octal_mode, metavar="MODE",
+                        help="permission bits of the socket file, in octal (e.g. 0660; default from the umask)")
+    parser.add_argument("--socket-group", type=group_id, metavar="GROUP",
+                        help="group of the socket file, a name or a number (e.g. the group QEMU runs as)")
+    parser.add_argument("--serial", type=serial_number, help="blk: the serial number the guest reads (up to 20 "
+                        "bytes; default the image's file name)")
+    parser.add_argument("--logical-block-size", type=block_size, default=512, metavar="BYTES",
+                        help="blk: the logical block size offered, a power of two from 512 to 65536 (default 512)")
     parser.add_argument("--read-only", action="store_true",
                         help="blk: open the image read-only, offer VIRTIO_BLK_F_RO, refuse writes")
     parser.add_argument("--queues", type=int_range(1, MAX_QUEUES), default=1,
                         help=f"blk: number of request queues, 1 to {MAX_QUEUES} (default 1)")
     parser.add_argument("--packed", action=argparse.BooleanOptionalAction, default=True,
                         help="offer packed rings (on by default; the driver chooses)")
+
+
+def octal_mode(text: str) -> int:
+    """An argparse type: permission bits in octal, 0 to 0777."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an octal mode like 0660") from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"{text} is not a mode from 0 to 0777")
+    return mode
+
+
+def group_id(text: str) -> int:
+    """An argparse type: a group name or number, as its number."""
+    import grp
+
+    if text.isdigit():
+        return int(text)
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no group named {text!r}") from None
+
+
+def serial_number(text: str) -> str:
+    """An argparse type: what GET_ID answers, at most 20 bytes (virtio-blk's VIRTIO_BLK_ID_BYTES)."""
+    if len(text.encode()) > 20:
+        raise argparse.ArgumentTypeError(f"{text!r} is {len(text.encode())} bytes, more than 20")
+    return text
+
+
+def block_size(text: str) -> int:
+    """An argparse type: a logical block size, a power of two from 512 to 65536."""
+    size = int_range(512, 65536)(text)
+    if size & (size - 1):
+        raise argparse.ArgumentTypeError(f"{size} is not a power of two")
+    return size
+
+
+def notify_ready(status: str) -> None:
+    """Tell a service manager the socket listens (sd_notify's READY=1), if it asked through NOTIFY_SOCKET."""
+    import os
+    import socket
+
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):  # an abstract socket
+        address = "\0" + address[1:]
+    message = f"READY=1\nSTATUS={status}\nMAINPID={os.getpid()}".encode()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.sendto(message, address)
+    except OSError as exc:
+        logging.getLogger("vring").warning("NOTIFY_SOCKET %s: readiness not sent: %s", address, exc)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,8 +117,14 @@ def run(args: argparse.Namespace) -> int:
         except ImageError as exc:
             raise CommandError(str(exc)) from None
 
+        if image.size % args.logical_block_size:
+            image.close()
+            raise CommandError(f"{args.image} is {image.size} bytes, not a multiple of the logical block size "
+                               f"{args.logical_block_size}")
+
         def factory():
-            device = BlkDevice(image, num_queues=args.queues)
+            device = BlkDevice(image, num_queues=args.queues, serial=args.serial,
+                               logical_block_size=args.logical_block_size)
             device.offer_packed = args.packed
             return device
     else:
@@ -61,13 +138,19 @@ def run(args: argparse.Namespace) -> int:
             device.offer_packed = args.packed
             return device
     try:
-        backend = VhostUserBackend(factory, args.socket)
+        backend = VhostUserBackend(factory, args.socket or "")
         try:
-            backend.listen()
+            if args.socket_fd is not None:
+                if args.socket_mode is not None or args.socket_group is not None:
+                    raise CommandError("--socket-mode and --socket-group apply to a socket vring creates, not to "
+                                       "--socket-fd", code=2)
+                backend.adopt(args.socket_fd)
+            else:
+                backend.listen(args.socket_mode, args.socket_group)
         except ListenError as exc:  # a live server or a file that is not a socket: the user named the wrong path
             raise CommandError(str(exc), code=2) from None
         except OSError as exc:
-            raise CommandError(f"cannot listen on {args.socket}: {exc.strerror or exc}") from None
+            raise CommandError(f"cannot listen on {backend.path}: {exc.strerror or exc}") from None
 
         def stop(signum, _frame):
             logging.getLogger("vring").info("signal %d: stopping", signum)
@@ -76,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, stop)
         if not args.quiet:
-            print(f"vring: serving virtio-{args.device} on {args.socket}", file=sys.stderr, flush=True)
+            print(f"vring: serving virtio-{args.device} on {backend.path}", file=sys.stderr, flush=True)
+        notify_ready(f"serving virtio-{args.device} on {backend.path}")
         backend.serve_forever()
     finally:
         if image is not None:

@@ -61,9 +61,11 @@ class VhostUserBackend:
         self.starved = False  # the last accept() failed for want of fds or memory
 
     # -- the socket file -----------------------------------------------------------------------------------
-    def listen(self) -> None:
+    def listen(self, mode: int | None = None, group: int | None = None) -> None:
         """Bind and listen on ``path``. A stale socket there (connect() is refused) is replaced; a live one is
-        SocketInUse and anything else NotASocket, both left as they are."""
+        SocketInUse and anything else NotASocket, both left as they are. ``mode`` and ``group`` set the socket
+        file's permission bits and group (a QEMU running as another user needs them) before anyone can connect:
+        connect() is refused until listen()."""
         self._remove_stale_socket()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -75,7 +77,36 @@ class VhostUserBackend:
             raise
         st = os.stat(self.path)
         self.socket_id = (st.st_dev, st.st_ino)
+        try:
+            if group is not None:
+                os.chown(self.path, -1, group)
+            if mode is not None:
+                os.chmod(self.path, mode)
+        except OSError:
+            listener.close()
+            self._remove_own_socket()
+            raise
         listener.listen(8)
+        self._serve_on(listener)
+
+    def adopt(self, fd: int) -> None:
+        """Serve on a unix socket a supervisor (systemd socket activation, libvirt) bound and listens on, passed
+        as ``fd``. Its path is the supervisor's: it is neither replaced nor removed."""
+        try:
+            listener = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise ListenError(exc.errno, f"fd {fd} is not a socket ({exc.strerror})") from None
+        if listener.family != socket.AF_UNIX or listener.type != socket.SOCK_STREAM:
+            listener.detach()
+            raise ListenError(errno.EINVAL, f"fd {fd} is not a unix stream socket")
+        if not listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            listener.detach()
+            raise ListenError(errno.EINVAL, f"fd {fd} is a unix socket that is not listening")
+        self.path = listener.getsockname() or f"fd {fd}"
+        self.socket_id = None  # not ours to remove
+        self._serve_on(listener)
+
+    def _serve_on(self, listener: socket.socket) -> None:
         listener.settimeout(0.5)
         self.listener = listener
         log.info("listening on %s", self.path)
@@ -99,6 +130,8 @@ class VhostUserBackend:
 
     def _remove_own_socket(self) -> None:
         """Unlink ``path`` if it is still the socket we bound, not a file someone put there since."""
+        if self.socket_id is None:  # adopted: the supervisor's socket
+            return
         try:
             st = os.lstat(self.path)
         except FileNotFoundError:
