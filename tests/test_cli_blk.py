@@ -174,3 +174,13 @@ def test_ctrl_c_in_bench_prints_the_workloads_that_finished(served):
     assert out.startswith("workload ")
     if "interrupted after 1 of 2" in err:
         assert "randread " in out
+
+
+def test_info_as_json(served):
+    image, sock = served
+    done = blk(sock, "--queues", "2", "info", "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["config"]["capacity"] == SECTORS and info["config"]["num_queues"] == 2
+    assert info["queues_in_use"] == 2 and info["queues_offered"] == 2
+    assert "VERSION_1" in info["feature_names"] and info["features"] & (1 << 32)

@@ -27,6 +27,7 @@ WRITE_WORKLOADS = ("randwrite",)
 
 EXAMPLES = """examples:
   vring blk --socket /tmp/blk.sock info
+  vring blk --socket /tmp/blk.sock info --json
   vring blk --socket /tmp/blk.sock read --sector 0 --count 8 --output mbr.bin
   vring blk --socket /tmp/blk.sock write --sector 2048 --input data.bin
   vring blk --socket /tmp/blk.sock verify                           # reads only
@@ -67,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=positive_float, default=10.0,
                         help="seconds to wait for any answer (default 10)")
     sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("info", help="negotiated features and the config space in words")
+    info = sub.add_parser("info", help="negotiated features and the config space in words")
+    info.add_argument("--json", action="store_true", help="the same as one JSON object on stdout")
     read = sub.add_parser("read", help="read sectors to a file (default stdout)")
     read.add_argument("--sector", type=int_range(0), required=True, help="first sector (512 bytes) to read")
     read.add_argument("--count", type=int_range(1), required=True, help="sectors to read")
@@ -159,12 +161,18 @@ def _read_file(path: str) -> bytes:
         return f.read()
 
 
-def _info(client: BlkClient, _args: argparse.Namespace, _prepared: None) -> int:
+def _info(client: BlkClient, args: argparse.Namespace, _prepared: None) -> int:
     features = client.features
     names = [name for bit, name in FEATURE_NAMES.items() if features & bit]
     names += [f.name or "" for f in Feature if features & f]
+    queues, offered = len(client.queues), client.frontend.queue_num()
+    if args.json:
+        config = {key: value for key, value in vars(client.config).items() if not key.startswith("_")}
+        print(json.dumps({"features": features, "feature_names": names, "queues_in_use": queues,
+                          "queues_offered": offered, "config": config}, indent=2))
+        return 0
     print(f"features: {features:#x} ({', '.join(names)})")
-    print(f"queues in use: {len(client.queues)} of {client.frontend.queue_num()}")
+    print(f"queues in use: {queues} of {offered}")
     for key, value in client.config.describe():
         print(f"{key}: {value}")
     return 0
