@@ -49,16 +49,23 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def serve_args(image: Path, sock: Path, *, queues: int = 1, read_only: bool = False, device: str = "blk") -> list[str]:
+    """The arguments of `vring` that serve ``device`` on ``sock`` (README's QEMU example shows them)."""
+    args = ["serve", device]
+    if device == "blk":
+        args += [str(image), "--socket", str(sock), "--queues", str(queues)] + (["--read-only"] if read_only else [])
+        return args
+    return args + ["--socket", str(sock)]
+
+
 @contextlib.contextmanager
 def vring_blk(image: Path, sock: Path, *, queues: int = 1, read_only: bool = False,
               device: str = "blk", extra: tuple[str, ...] = ()) -> Iterator[subprocess.Popen]:
     """`vring serve blk IMAGE` on ``sock`` (``extra`` options added); the log (at -vv) is kept next to the
     socket."""
     log = sock.with_suffix(".log")
-    args = [sys.executable, "-m", "vring", "serve", device]
-    if device == "blk":
-        args += [str(image), "--queues", str(queues)] + (["--read-only"] if read_only else [])
-    args += ["--socket", str(sock), "-vv", *extra]
+    args = [sys.executable, "-m", "vring", *serve_args(image, sock, queues=queues, read_only=read_only,
+                                                      device=device), "-vv", *extra]
     env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
     with open(log, "w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)

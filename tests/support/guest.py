@@ -130,23 +130,11 @@ def build_initramfs(
     return dest
 
 
-def run_guest(
-    kernel: Path,
-    initrd: Path,
-    extra_args: Sequence[str] = (),
-    timeout_s: float = 120,
-    memfd_mem_mb: int = 256,
-    smp: int = 1,
-    kernel_args: Sequence[str] = (),
-) -> GuestResult:
-    """Boot ``kernel`` with ``initrd`` and ``extra_args`` (devices, drives, chardevs) and wait for it to power off.
-
-    A hung guest cannot hang the caller: coreutils timeout stops QEMU after ``timeout_s``, and should that fail,
-    a Python-side timeout a little later kills the whole process group.
-    """
+def qemu_command(kernel: Path, initrd: Path, extra_args: Sequence[str] = (), memfd_mem_mb: int = 256, smp: int = 1,
+                 kernel_args: Sequence[str] = ()) -> list[str]:
+    """The QEMU command line of a test guest (README's "Connect it to QEMU" shows the same options)."""
     mem = f"{memfd_mem_mb}M"
-    command = [
-        "timeout", "--kill-after=5", str(timeout_s),
+    return [
         QEMU,
         "-accel", "tcg",
         "-machine", "q35",
@@ -163,6 +151,24 @@ def run_guest(
         "-serial", "stdio", "-monitor", "none", "-display", "none",
         *extra_args,
     ]  # fmt: skip
+
+
+def run_guest(
+    kernel: Path,
+    initrd: Path,
+    extra_args: Sequence[str] = (),
+    timeout_s: float = 120,
+    memfd_mem_mb: int = 256,
+    smp: int = 1,
+    kernel_args: Sequence[str] = (),
+) -> GuestResult:
+    """Boot ``kernel`` with ``initrd`` and ``extra_args`` (devices, drives, chardevs) and wait for it to power off.
+
+    A hung guest cannot hang the caller: coreutils timeout stops QEMU after ``timeout_s``, and should that fail,
+    a Python-side timeout a little later kills the whole process group.
+    """
+    command = ["timeout", "--kill-after=5", str(timeout_s),
+               *qemu_command(kernel, initrd, extra_args, memfd_mem_mb, smp, kernel_args)]
     start = time.monotonic()
     # A session of its own, so that the fallback kill reaches QEMU and not just the timeout process above it.
     proc = subprocess.Popen(
