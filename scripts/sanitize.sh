@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The engine tests, both twins, against a core built under AddressSanitizer + UndefinedBehaviorSanitizer
+# (setup.py's VRING_SANITIZE=1). The core is built in place in a temporary copy of the source, so the checkout and
+# .venv keep their normal build; the tests run on .venv's Python with that copy first on the path. Any sanitizer
+# report, from the test process or from a process it starts, fails the run. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh  # .venv: Cython, numpy and setuptools to build with, pytest and hypothesis to test with
+python=$PWD/.venv/bin/python
+
+# The ASan runtime must be loaded before anything else: the interpreter is not built with it, the core is.
+asan_runtime=$(gcc -print-file-name=libasan.so)
+if [ ! -e "$asan_runtime" ]; then
+    echo "sanitize.sh: gcc has no libasan.so (Debian: libgcc-12-dev, which gcc brings)" >&2
+    exit 1
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+tar -c --exclude='*.so' --exclude=__pycache__ --exclude=_cring.c --exclude='*.html' \
+    setup.py pyproject.toml README.md vring tests | tar -x -C "$work"
+(cd "$work" && VRING_SANITIZE=1 "$python" setup.py --quiet build_ext --inplace)
+
+# Reports go to files (one per process, named by its pid) so that one from a child process is not lost.
+reports=$work/sanitizer-report
+export LD_PRELOAD=$asan_runtime PYTHONPATH=$work PYTHONMALLOC=malloc  # malloc: every object allocation is checked
+# No leak detection: CPython does not free everything at exit, and those leaks are not the core's.
+export ASAN_OPTIONS=detect_leaks=0:log_path=$reports
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:log_path=$reports
+unset VRING_PUREPYTHON
+
+cd "$work/tests"
+"$python" - "$work" <<'EOF'
+import sys
+from vring import _cring
+assert _cring.__file__.startswith(sys.argv[1]), f"not the sanitized core: {_cring.__file__}"
+assert "-fsanitize=address,undefined" in _cring.BUILD_CFLAGS, _cring.BUILD_CFLAGS
+print("sanitize.sh: the core is", _cring.__file__, "built with", _cring.BUILD_CFLAGS)
+EOF
+status=0
+"$python" -m pytest -p no:cacheprovider test_engine.py test_packed.py test_validation.py test_batch.py \
+    test_memory.py test_differential.py test_two_process.py "$@" || status=$?
+if compgen -G "$reports.*" >/dev/null; then
+    echo "sanitize.sh: sanitizer reports:" >&2
+    cat "$reports".* >&2
+    exit 1
+fi
+exit "$status"
