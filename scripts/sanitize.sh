@@ -2,7 +2,8 @@
 # The engine tests, both twins, against a core built under AddressSanitizer + UndefinedBehaviorSanitizer
 # (setup.py's VRING_SANITIZE=1). The core is built in place in a temporary copy of the source, so the checkout and
 # .venv keep their normal build; the tests run on .venv's Python with that copy first on the path. Any sanitizer
-# report, from the test process or from a process it starts, fails the run. Extra arguments go to pytest.
+# report fails the run, from the test process or from a process it starts that writes to the same standard error
+# (as the two-process test's peer does). Extra arguments go to pytest.
 # The interpreter itself is not instrumented: what is checked is the core's code, and (PYTHONMALLOC=malloc) the
 # bounds of the heap blocks it reaches, such as a bytearray's buffer.
 set -euo pipefail
