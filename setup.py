@@ -2,6 +2,11 @@
 
 ``VRING_DEBUG=1`` builds a debug core: the C macro VRING_DEBUG turns on the assertions of ``vring/_cring/debug.h``
 (the queues' invariants, one caller per queue), with -O0 -g and C asserts kept.
+
+``VRING_SANITIZE=1`` builds the core under AddressSanitizer and UndefinedBehaviorSanitizer (-O1 -g, frame pointers
+kept for the reports' stacks); a UB report aborts instead of going on, so a test run under it fails. The module then
+needs the ASan runtime loaded first: scripts/sanitize.sh builds it and runs the engine tests that way. Combined
+with ``VRING_DEBUG=1`` the debug build's -O0 and assertions are kept.
 """
 
 import os
@@ -11,8 +16,18 @@ import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-debug = os.environ.get("VRING_DEBUG", "") not in ("", "0")
-compile_args = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O3"]
+
+def switch(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+debug = switch("VRING_DEBUG")
+sanitize = switch("VRING_SANITIZE")
+compile_args = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O1", "-g"] if sanitize else ["-O3"]
+# Given to the linker too, which then links the sanitizers' runtimes.
+sanitizer_args = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"] if sanitize else []
+if sanitize:
+    compile_args += sanitizer_args + ["-fno-omit-frame-pointer"]
 # The engine reads shared memory through differently typed pointers on purpose: no strict aliasing.
 compile_args += ["-fno-strict-aliasing", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"]
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), ("VRING_CFLAGS", '"' + " ".join(compile_args) + '"')]
@@ -27,6 +42,7 @@ extensions = [
         # The hub includes every .pxi; the headers hold the barriers and the debug assertions.
         depends=["vring/_cring.pxd", "vring/barrier.h"] + sorted(glob("vring/_cring/*.pxi") + glob("vring/_cring/*.h")),
         extra_compile_args=compile_args,
+        extra_link_args=sanitizer_args,
         define_macros=macros,
     )
 ]
