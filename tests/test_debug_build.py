@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-# The debug core is built from the source tree, setup.py and all (the installed package has no setup.py): the one
-# these tests are in, or the one VRING_SOURCE_DIR names when they run from a copy (scripts/wheel-check.sh).
-SOURCE = Path(os.environ.get("VRING_SOURCE_DIR") or Path(__file__).resolve().parents[1])
+from support.source import SOURCE_DIR, source_file
+
+# The debug core is built from the source tree, setup.py and all (the installed package has no setup.py).
+SOURCE = SOURCE_DIR
 
 # Two queue pairs (split and packed) on one guest memory, for the scripts below.
 PRELUDE = textwrap.dedent("""
@@ -39,8 +40,7 @@ PRELUDE = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def debug_core(tmp_path_factory) -> Path:
     """A debug build of the core, made from the source tree in a temporary directory."""
-    if not (SOURCE / "setup.py").is_file():
-        pytest.fail(f"no source tree at {SOURCE} to build the debug core from: set VRING_SOURCE_DIR to one")
+    source_file("setup.py")
     root = tmp_path_factory.mktemp("debug-core")
     shutil.copytree(SOURCE / "vring", root / "vring",
                     ignore=shutil.ignore_patterns("*.so", "*.pyd", "_cring.c", "*.html", "__pycache__"))

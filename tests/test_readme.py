@@ -10,12 +10,12 @@ from pathlib import Path
 
 from support import guest
 from support.backends import serve_args
+from support.source import source_file
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def block() -> list[list[str]]:
-    text = README.read_text()
+    text = source_file("README.md").read_text()
     match = re.search(r"<!-- qemu-commands -->\n```sh\n(.*?)```\n<!-- /qemu-commands -->", text, re.S)
     assert match, "README has no qemu-commands block"
     return [shlex.split(line) for line in match.group(1).replace("\\\n", " ").splitlines() if line.strip()]
