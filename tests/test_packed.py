@@ -80,6 +80,24 @@ def test_in_order_batch_completion(twin):
     assert p.drv.num_free == 8 and p.drv.in_flight == 0
 
 
+def test_in_order_ids_stay_held_until_handed_back(twin):
+    """A buffer id implied by a later used descriptor is free only once its completion was handed back: an add
+    between two limited reaps must not reuse it (the new chain's token would come back for the old one)."""
+    p = packed(twin, 8, Feature.IN_ORDER)
+    heads = [p.drv.add([(DATA, 8)], [(DATA + 8, 8)], token=t) for t in "abc"]  # two slots each: 0..5
+    p.drv.kick_needed()
+    # One used descriptor, at the first used slot, for all three buffers.
+    p.write_packed_desc(0, 0, 5, heads[2], AVAIL | USED | WRITE)
+    assert p.drv.pop_used(max_count=1) == [("a", 0)]
+    assert p.drv.in_flight == 2  # b and c are reaped from the ring but not yet handed back
+    d = p.drv.add([(DATA, 8)], [(DATA + 8, 8)], token="d")  # slots 6 and 7
+    assert d not in heads[1:]
+    assert p.drv.pop_used() == [("b", 0), ("c", 5)]
+    p.write_packed_desc(6, 0, 7, d, AVAIL | USED | WRITE)  # the device returns d at the next used slot
+    assert p.drv.pop_used() == [("d", 7)]
+    assert p.drv.num_free == 8 and p.drv.in_flight == 0
+
+
 def test_indirect_chain(twin):
     p = packed(twin, 4, IND)
     head = p.drv.add([(DATA, 16)], [(DATA + 0x1000, 512), (DATA + 0x2000, 1)])
