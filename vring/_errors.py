@@ -161,6 +161,13 @@ def used_error(reason: str, position: int, a: int = 0, b: int = 0) -> MalformedU
     return MalformedUsed(f"malformed used ring ({reason}): {text}", reason)
 
 
+def host_alignment_error(gpa: int) -> LayoutError:
+    """A ring area whose host address is odd: its 16-bit fields could not be loaded and stored whole (both twins
+    refuse it, when a queue maps its areas)."""
+    return LayoutError(f"ring area at {gpa:#x} is at an odd host address; 16-bit fields need 2-byte alignment",
+                       "host-alignment")
+
+
 def broken_error(side: str, cause: VringError | None) -> QueueBroken:
     why = f": {cause}" if cause is not None else ""
     return QueueBroken(f"{side} queue is broken{why}; reset() it to use it again")
@@ -198,6 +205,7 @@ CALLER_ERRORS: dict[str, tuple[type[Exception], str]] = {
     "segments-total": (ValueError, "chain_segs does not add up to the number of segments"),
     "heads-short": (ValueError, "heads is shorter than the number of chains"),
     "lens-short": (ValueError, "lens is shorter than heads"),
+    "argument-range": (ValueError, "{name}[{index}] = {value} does not fit {ctype}"),
     # Device side: returning chains
     "head-not-held": (ValueError, "head {head} is not a chain the device holds"),
     "written-too-large": (ValueError, "written length {written} exceeds the chain's {writable} writable bytes"),
@@ -218,3 +226,16 @@ def caller_error(check: str, **values: object) -> Exception:
     """The exception for a caller's mistake ``check`` (a key of CALLER_ERRORS), worded with ``values``."""
     cls, text = CALLER_ERRORS[check]
     return cls(text.format(**values))
+
+
+# The C types of the engine's array arguments: a value outside one is refused when the arguments are read, before
+# any other check, by both twins alike.
+C_INT_RANGES = {"uint64": (0, (1 << 64) - 1), "int64": (-(1 << 63), (1 << 63) - 1)}
+
+
+def check_fits(name: str, values: list[int], ctype: str) -> None:
+    """Raise the ``argument-range`` error for the first of ``values`` that ``ctype`` cannot hold."""
+    low, high = C_INT_RANGES[ctype]
+    for index, value in enumerate(values):
+        if not low <= value <= high:
+            raise caller_error("argument-range", name=name, index=index, value=value, ctype=ctype)

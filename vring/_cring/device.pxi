@@ -288,12 +288,12 @@ cdef class DeviceQueue:
         cdef PyThreadState *_ts
         dev_enter(&self.q)
         try:
-            h = _int_array(heads, np.int64)
-            l = _int_array(lens, np.int64)
+            self._check()
+            h = _int_array(heads, np.int64, "heads", "int64")
+            l = _int_array(lens, np.int64, "lens", "int64")
             n = cnp.PyArray_DIM(h, 0)
             hp = <const long long *>cnp.PyArray_DATA(h)
             lp = <const long long *>cnp.PyArray_DATA(l)
-            self._check()
             if cnp.PyArray_DIM(l, 0) != n:
                 raise caller_error("push-lengths")
             _ts = gil_release_if(n >= NOGIL_MIN)  # the loop below touches no Python object
@@ -424,6 +424,16 @@ cdef class PackedDeviceQueue(DeviceQueue):
     def state(self):
         return QueueState(self.q.last_avail, self.q.used_idx, self.q.packed_ring.avail_wrap,
                           self.q.packed_ring.used_wrap)
+
+    @property
+    def avail_wrap(self):
+        """The driver's wrap counter (spec 2.8.1) the device expects on the next available descriptor: 0 or 1."""
+        return self.q.packed_ring.avail_wrap
+
+    @property
+    def used_wrap(self):
+        """The device's wrap counter (spec 2.8.1) for the next used descriptor it writes: 0 or 1."""
+        return self.q.packed_ring.used_wrap
 
     cdef int _restore_indices(self, state) except -1:
         # Packed indices are ring slots, each with its lap's wrap counter; a used_idx of None means "where the

@@ -246,20 +246,20 @@ cdef class DriverQueue:
         cdef PyThreadState *_ts
         drv_enter(&self.q)
         try:
-            a = _int_array(addrs, np.uint64)
-            l = _int_array(lens, np.int64)
+            self._check()
+            a = _int_array(addrs, np.uint64, "addrs", "uint64")
+            l = _int_array(lens, np.int64, "lens", "int64")
             w = _int_array(writable, np.bool_)
             nsegs_total = cnp.PyArray_DIM(a, 0)
-            self._check()
             if not cnp.PyArray_DIM(l, 0) == nsegs_total == cnp.PyArray_DIM(w, 0):
                 raise caller_error("segment-arrays")
             if isinstance(chain_segs, int):
-                each = chain_segs
-                if each < 1 or nsegs_total % each:
+                if chain_segs < 1 or nsegs_total % chain_segs:
                     raise caller_error("segments-uneven")
+                each = chain_segs
                 nchains = nsegs_total // each
             else:
-                counts = _int_array(chain_segs, np.int64)
+                counts = _int_array(chain_segs, np.int64, "chain_segs", "int64")
                 cp = <const long long *>cnp.PyArray_DATA(counts)
                 nchains = cnp.PyArray_DIM(counts, 0)
                 if counts.sum() != nsegs_total or (nchains and counts.min() < 0):
@@ -345,7 +345,7 @@ cdef class DriverQueue:
                 if r <= 0:
                     break
                 n += 1
-            if n:
+            if n and r >= 0:  # after a malformed entry the queue is broken: nothing more goes into the ring
                 drv_after_reap(&self.q)
             gil_restore(_ts)
             batch.count = n
@@ -439,7 +439,7 @@ cdef class DriverQueue:
                 if r <= 0:
                     break
                 n += 1
-            if n:
+            if n and r >= 0:  # after a malformed entry the queue is broken: nothing more goes into the ring
                 drv_after_reap(&self.q)
             gil_restore(_ts)
             for i in range(n):
@@ -500,3 +500,13 @@ cdef class PackedDriverQueue(DriverQueue):
                 or self.q.packed_ring.skip_len == NULL):
             raise MemoryError()
         self._setup(mem, layout, features, indirect_area, indirect_max, indirect_threshold)
+
+    @property
+    def avail_wrap(self):
+        """The driver's wrap counter (spec 2.8.1) for the next descriptor it makes available: 0 or 1."""
+        return self.q.packed_ring.avail_wrap
+
+    @property
+    def used_wrap(self):
+        """The device's wrap counter (spec 2.8.1) the driver expects on the next used descriptor: 0 or 1."""
+        return self.q.packed_ring.used_wrap

@@ -60,6 +60,9 @@ cdef class GuestMemory:
         self._views = []
         self.generation = 0
 
+    def __init__(self):
+        pass  # refuses arguments: __cinit__ alone would accept and ignore any
+
     def __dealloc__(self):
         free(self.map.regions)
 
@@ -183,7 +186,6 @@ cdef int bind_area(GuestMemory mem, uint64_t gpa, uint64_t length, unsigned char
         mem.view(gpa, length)  # raises the AddressError that says why
         raise AddressError(f"range {gpa:#x} (+{length}) is not inside one region")
     if (<size_t>p) & 1:
-        raise LayoutError(f"ring area at {gpa:#x} is at an odd host address; 16-bit fields need 2-byte alignment",
-                          "host-alignment")
+        raise host_alignment_error(gpa)
     out[0] = p
     return 0

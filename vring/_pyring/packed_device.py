@@ -127,7 +127,7 @@ class PackedDeviceQueue(DeviceQueue):
         if self._inflight[buffer_id]:
             raise chain_error("buffer-id-in-flight", head_pos, pos, False, buffer_id)
         self._peeked_ndesc = count
-        return Chain(buffer_id, pieces, readable_len, writable_len, was_indirect)
+        return Chain._make(buffer_id, pieces, readable_len, writable_len, was_indirect)
 
     def _commit(self, chain: Chain) -> None:
         self._inflight[chain.head] = 1
