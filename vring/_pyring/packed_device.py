@@ -109,11 +109,9 @@ class PackedDeviceQueue(DeviceQueue):
                                        self.max_indirect)
                 was_indirect = True
                 entries = list(PACKED_DESC.iter_unpack(table))  # the whole table, read once
-                for k, (eaddr, elen, _eid, eflags) in enumerate(entries):  # sequential (2.8.7): no NEXT, no INDIRECT
-                    if eflags & DESC_F_NEXT:
-                        raise chain_error("indirect-next", head_pos, k, True)
-                    if eflags & DESC_F_INDIRECT:
-                        raise chain_error("nested-indirect", head_pos, k, True)
+                # Entries are sequential. Spec 2.8.7: WRITE is their only valid flag, the others and the buffer id
+                # "are reserved and are ignored by the device".
+                for k, (eaddr, elen, _eid, eflags) in enumerate(entries):
                     readable_len, writable_len = add_buffer(self.mem, pieces, head_pos, k, True, eaddr, elen,
                                                             bool(eflags & DESC_F_WRITE), readable_len, writable_len)
                 break
