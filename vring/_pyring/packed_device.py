@@ -33,8 +33,7 @@ from .split_device import DeviceQueue
 class PackedDeviceQueue(DeviceQueue):
     """The device's end of a packed virtqueue. Same methods as DeviceQueue; ``head`` is the buffer id.
 
-    One caller per queue at a time; nothing may change the queue or its GuestMemory's regions while a call runs
-    (a batch call included).
+    One caller per queue at a time; its GuestMemory's regions may change meanwhile (see GuestMemory).
     """
 
     _kind = "packed"

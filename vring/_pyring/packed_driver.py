@@ -19,8 +19,7 @@ from .split_driver import DriverQueue
 class PackedDriverQueue(DriverQueue):
     """The driver's end of a packed virtqueue. Same methods as DriverQueue; heads are buffer ids.
 
-    One caller per queue at a time; nothing may change the queue or its GuestMemory's regions while a call runs
-    (a batch call included).
+    One caller per queue at a time; its GuestMemory's regions may change meanwhile (see GuestMemory).
     """
 
     _kind = "packed"

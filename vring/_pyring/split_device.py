@@ -33,8 +33,8 @@ from .rings import DESC, SplitRings
 class DeviceQueue(Queue):
     """The device's end of a split virtqueue (what QEMU or a vhost-user back-end does). Trusts nothing it reads.
 
-    ``PackedDeviceQueue`` keeps these methods for a packed ring. One caller per queue at a time; nothing may change
-    the queue or its GuestMemory's regions while a call runs (a batch call included).
+    ``PackedDeviceQueue`` keeps these methods for a packed ring. One caller per queue at a time; its GuestMemory's
+    regions may change meanwhile, from another thread (see GuestMemory).
     """
 
     _side = "device"

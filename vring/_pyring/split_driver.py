@@ -30,8 +30,8 @@ from .rings import DESC, LEN_MAX, SplitRings, ring_view
 class DriverQueue(Queue):
     """The driver's end of a split virtqueue (what a guest kernel does). Trusts nothing the device writes.
 
-    ``PackedDriverQueue`` keeps these methods for a packed ring. One caller per queue at a time; nothing may change
-    the queue or its GuestMemory's regions while a call runs (a batch call included).
+    ``PackedDriverQueue`` keeps these methods for a packed ring. One caller per queue at a time; its GuestMemory's
+    regions may change meanwhile, from another thread (see GuestMemory).
     """
 
     _side = "driver"
