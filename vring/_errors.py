@@ -311,6 +311,8 @@ C_INT_RANGES = {"uint64": (0, (1 << 64) - 1), "int64": (-(1 << 63), (1 << 63) - 
 def check_fits(name: str, values: list[int], ctype: str) -> None:
     """Raise the ``argument-range`` error for the first of ``values`` that ``ctype`` cannot hold."""
     low, high = C_INT_RANGES[ctype]
+    if not values or low <= min(values) and max(values) <= high:  # the common case, at C speed
+        return
     for index, value in enumerate(values):
         if not low <= value <= high:
             raise caller_error("argument-range", name=name, index=index, value=value, ctype=ctype)

@@ -44,7 +44,9 @@ cdef inline cnp.ndarray _int_array(obj, dtype, str name=None, str ctype=None):
             check_fits(name, [int(v) for v in obj], ctype)
         raise
     if name is not None and cnp.PyArray_Check(obj) and not np.can_cast((<cnp.ndarray>obj).dtype, dtype):
-        check_fits(name, [int(v) for v in (<cnp.ndarray>obj).ravel().tolist()], ctype)  # the cast may have wrapped
+        low, high = C_INT_RANGES[ctype]  # the cast may have wrapped a value
+        if obj.size and not (low <= int(obj.min()) and int(obj.max()) <= high):
+            check_fits(name, [int(v) for v in (<cnp.ndarray>obj).ravel().tolist()], ctype)
     if arr.ndim != 1:
         raise ValueError("expected a one-dimensional sequence")
     return arr
