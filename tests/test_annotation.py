@@ -22,7 +22,7 @@ NOGIL_FUNCTIONS = {
     # defs.pxi
     "need_event",
     # memory.pxi
-    "mem_find", "mem_ptr", "mem_contains",
+    "table_head", "mem_find", "mem_ptr", "mem_contains",
     # split_ring.pxi
     "split_avail_flags", "split_avail_idx", "split_avail_entry", "split_used_event", "split_used_flags",
     "split_used_idx", "split_used_elem", "split_avail_event",
@@ -47,7 +47,7 @@ NOGIL_FUNCTIONS = {
     "split_drv_enable_interrupts",
     # packed_driver.pxi
     "packed_drv_bind", "packed_drv_reset", "packed_drv_check_invariants", "packed_drv_add", "packed_drv_kick_needed",
-    "packed_drv_retire", "packed_drv_skip_push", "packed_drv_reap_one", "packed_drv_after_reap",
+    "packed_drv_consume", "packed_drv_release", "packed_drv_skip_push", "packed_drv_reap_one", "packed_drv_after_reap",
     "packed_drv_disable_interrupts", "packed_drv_enable_interrupts",
     # dispatch.pxi
     "dev_bind", "dev_reset", "dev_check_invariants", "dev_peek", "dev_commit", "dev_after_pop", "dev_put_used",

@@ -11,9 +11,14 @@ from hypothesis import strategies as st
 from vring import Feature
 
 from conftest import twin_module
-from vring.testing import BASE, DATA, MEM_SIZE, make_pair
+from vring.testing import AVAIL, BASE, DATA, MEM_SIZE, USED, WRITE, make_pair
 
 SEG = st.tuples(st.integers(0, 0x7000), st.integers(1, 0x900))  # (offset into the data area, length)
+# Values a hostile or careless caller passes: outside guest memory, outside 64 bits, lengths no descriptor holds.
+ADDR = st.one_of(st.integers(0, 0x7000).map(lambda o: DATA + o),
+                 st.sampled_from([-1, -(1 << 63) - 1, 0, (1 << 63), (1 << 64) - 1, 1 << 64, 1 << 70]))
+LENGTH = st.one_of(st.integers(1, 0x900), st.sampled_from([0, -1, 1 << 32, (1 << 63) - 1, 1 << 63, -(1 << 63) - 1]))
+WILD_INT = st.one_of(st.integers(-2, 20), st.sampled_from([1 << 32, (1 << 63) - 1, 1 << 63, -(1 << 63) - 1]))
 OPS = st.one_of(
     st.tuples(st.just("add"), st.lists(SEG, max_size=3), st.lists(SEG, max_size=3), st.booleans()),
     st.tuples(st.just("add_many"), st.integers(1, 8), st.integers(1, 3), st.integers(0, 7)),
@@ -33,6 +38,12 @@ OPS = st.one_of(
     st.tuples(st.just("pop_batch"), st.integers(1, 6), st.integers(1, 12)),
     st.tuples(st.just("push_batch"), st.integers(0, 6), st.floats(0, 1)),
     st.tuples(st.just("reap_batch"), st.integers(1, 6)),
+    st.tuples(st.just("add_wild"), st.lists(st.tuples(ADDR, LENGTH), max_size=3),
+              st.lists(st.tuples(ADDR, LENGTH), max_size=3)),
+    st.tuples(st.just("add_many_wild"), st.lists(st.tuples(ADDR, LENGTH, st.booleans()), max_size=6),
+              st.one_of(st.integers(-1, 3), st.lists(WILD_INT, max_size=4))),
+    st.tuples(st.just("push_many_wild"), st.lists(st.tuples(WILD_INT, WILD_INT), max_size=4)),
+    st.tuples(st.just("bad_used"), st.integers(0, 3), st.sampled_from(["id", "len"])),
 )
 FEATURES = st.sampled_from([0, Feature.EVENT_IDX, Feature.INDIRECT_DESC, Feature.EVENT_IDX | Feature.INDIRECT_DESC])
 
@@ -91,7 +102,10 @@ class Side:
             if op[1] == "get_used":
                 return p.drv.get_used()
             heads, lens = np.zeros(5, np.uint16), np.zeros(5, np.uint32)
-            n = p.drv.pop_used_into(heads, lens)
+            try:
+                n = p.drv.pop_used_into(heads, lens)
+            except Exception as exc:  # stopped partway: the entries before the bad one are in the arrays
+                return ("error", type(exc).__name__, str(exc), heads.tolist(), lens.tolist())
             return n, heads.tolist(), lens.tolist()
         if kind == "interrupts":
             return p.drv.enable_interrupts() if op[1] else p.drv.disable_interrupts()
@@ -140,8 +154,27 @@ class Side:
             return n
         if kind == "reap_batch":
             batch = p.twin.Batch(op[1])
-            n = p.drv.reap_batch(batch)
+            try:
+                n = p.drv.reap_batch(batch)
+            except Exception as exc:  # stopped partway: what was reaped before the bad entry is reported
+                n = batch.count
+                return ("error", type(exc).__name__, str(exc), batch.heads[:n].tolist(), batch.lens[:n].tolist())
             return n, batch.heads[:n].tolist(), batch.lens[:n].tolist()
+        if kind == "add_wild":
+            return p.drv.add(op[1], op[2])
+        if kind == "add_many_wild":
+            _, segs, chain_segs = op
+            heads = np.zeros(8, np.uint16)
+            done = p.drv.add_many([a for a, _, _ in segs], [n for _, n, _ in segs], [w for _, _, w in segs],
+                                  chain_segs, heads)
+            return done, heads[:done].tolist()
+        if kind == "push_many_wild":
+            pairs = op[1] + [pair for pair in self.held[:1]]
+            p.dev.push_many([h for h, _ in pairs], [w for _, w in pairs])
+            self.held = [pair for pair in self.held if pair not in pairs]
+            return None
+        if kind == "bad_used":
+            return self.bad_used(op[1], op[2])
         if kind == "drain":
             for head, wlen in self.held:
                 p.dev.push(head, wlen)
@@ -151,6 +184,45 @@ class Side:
                 p.dev.push(chain.head, 0)
             return p.drv.pop_used()
         raise AssertionError(op)
+
+    def bad_used(self, behind, field):
+        """Spoil a used entry the device wrote ``behind`` entries before its latest one (an id nobody holds, or a
+        length past the chain's), so that a reap of several stops partway."""
+        p = self.p
+        size = p.layout.size
+        if p.packed:
+            slot = self.last_used_slot(behind)
+            if slot is None:
+                return None
+            addr, length, ident, flags = p.read_packed_desc(slot)
+            if field == "id":
+                p.write_packed_desc(slot, addr, length, size + 1, flags)
+            else:
+                p.write_packed_desc(slot, addr, 0xFFFFFFFF, ident, flags | WRITE)
+            return slot
+        position = (p.dev.state.used_idx - 1 - behind) & 0xFFFF
+        ident, length = p.read_used(position % size)
+        if field == "id":
+            p.write_used(position % size, size + 1, length)
+        else:
+            p.write_used(position % size, ident, 0xFFFFFFFF)
+        return position
+
+    def last_used_slot(self, behind):
+        """The ring slot of a used descriptor the device wrote ``behind`` before its latest one, if it wrote so
+        many since the driver last reaped (the packed ring keeps no used index to count back from)."""
+        p = self.p
+        slots = []
+        pos, wrap = p.drv.last_used_idx, getattr(p.drv, "used_wrap")
+        for _ in range(p.layout.size):
+            flags = p.read_packed_desc(pos)[3]
+            if bool(flags & AVAIL) != bool(wrap) or bool(flags & USED) != bool(wrap):
+                break
+            slots.append(pos)
+            pos += 1  # the device may skip slots of longer chains; a slot it did not write ends the walk
+            if pos == p.layout.size:
+                pos, wrap = 0, wrap ^ 1
+        return slots[-1 - behind] if behind < len(slots) else None
 
     def bulk(self, n):
         """n request cycles through the batch APIs, chains of 1 and 3 buffers alternating."""

@@ -41,8 +41,12 @@ ctypedef struct Region:
     uint64_t size
     unsigned char *host
 
+ctypedef struct TableHead:            # in front of every region table (regions follow it in the same block)
+    uint64_t holders                 # batches running on this table without the GIL
+    uint64_t retired                 # 1 once replaced while held: the last holder frees it
+
 ctypedef struct MemMap:
-    Region *regions
+    Region *regions                  # a table, immutable once published: a change replaces it whole
     int n
     int hint                         # region of the last hit: most lookups land in the same one
 
@@ -171,8 +175,11 @@ cdef class GuestMemory:
     cdef MemMap map
     cdef list _regions                # [(gpa, size, view, owner)] in the order of map.regions
     cdef list _views                  # the regions' memoryviews, a new list on every change (chains keep theirs)
+    cdef dict _retired                # replaced tables still held by a batch: their TableHead -> their regions
     cdef readonly unsigned long long generation
     cdef _rebuild(self, list regions)
+    cdef MemMap _hold(self)
+    cdef void _release(self, MemMap *held)
 
 
 cdef class Chain:

@@ -30,7 +30,8 @@ from . import _features
 from ._batch import BatchMethods, batch_arrays
 from ._buffers import as_byte_view, map_fd
 from ._chainio import gather, write_chain
-from ._errors import AddressError, LayoutError, broken_error, caller_error, chain_error, used_error
+from ._errors import (C_INT_RANGES, AddressError, broken_error, caller_error, chain_error, check_fits,
+                      host_alignment_error, used_error)
 from ._features import DEFAULT_MAX_INDIRECT, Feature
 from ._layout import PackedLayout, SplitLayout
 from ._state import QueueState

@@ -54,43 +54,120 @@ class QueueFull(VringError):
     reason = "queue-full"
 
 
-# The device-side checks, each a distinct MalformedChain reason (both twins use these exact strings).
+# The device-side checks, each a distinct MalformedChain reason (both twins use these exact strings). Each names
+# the clause of the spec (oasis-tcs/virtio-spec, sections "Split Virtqueues" and "Packed Virtqueues") the driver
+# broke; "SPLIT /" and "PACKED /" abbreviate "Basic Facilities of a Virtio Device / Virtqueues / ..." and
+# ".../ Packed Virtqueues / ...". What the spec says the device ignores, it ignores: the WRITE flag of a descriptor
+# that refers to an indirect table (SPLIT / Indirect Descriptors, device requirements: "The device MUST ignore the
+# write-only flag"; PACKED / Indirect Flag: Scatter-Gather Support: "VIRTQ_DESC_F_WRITE is reserved and is ignored
+# by the device"), every flag but WRITE and the buffer id of a packed indirect table's entries (same section:
+# "Others are reserved and are ignored by the device. Buffer ID is also reserved and is ignored by the device."),
+# and the buffer id of a packed chain's descriptors but the last (PACKED / Next Flag: Descriptor Chaining: "Buffer
+# ID is included in the last descriptor in the list").
 # A new check: its reason here and its wording in chain_error; its C code CHECK_<REASON> in vring/_cring/defs.pxi
 # and CHAIN_CHECK_CODES (tests/test_check_codes.py matches them); the check in both twins, in the file of its
 # concern (descriptors.* when both layouts have it, else split_device.* / packed_device.*), at the same point in
 # the order of checks; a test on both twins. docs/design.md, "Where a new check goes", says the same at length.
 CHAIN_REASONS = (
-    "avail-index-jump",  # avail->idx moved more than the queue size past last_avail_idx
-    "head-out-of-range",  # avail ring entry >= queue size
-    "head-in-flight",  # the driver made available a head the device has not returned yet
-    "next-out-of-range",  # desc.next >= queue size (or >= the indirect table's entries)
-    "chain-loop",  # more descriptors than the table holds: a loop, or a chain longer than the queue
-    "indirect-not-negotiated",  # VIRTQ_DESC_F_INDIRECT without VIRTIO_F_INDIRECT_DESC
-    "nested-indirect",  # an indirect descriptor inside an indirect table
-    "indirect-with-next",  # VIRTQ_DESC_F_INDIRECT together with VIRTQ_DESC_F_NEXT
-    "indirect-len-zero",  # an indirect table of length 0
-    "indirect-len-unaligned",  # an indirect table whose length is not a multiple of 16
-    "indirect-too-large",  # an indirect table with more entries than the queue's limit
-    "indirect-outside-memory",  # an indirect table not inside one guest memory region
-    "readable-after-writable",  # a device-readable descriptor after a device-writable one
-    "zero-length",  # a buffer of length 0
-    "chain-too-large",  # the chain's total length exceeds 2**32 - 1
-    "buffer-outside-memory",  # a buffer that leaves guest memory
+    # avail->idx moved more than the queue size past last_avail_idx: the ring has Queue Size entries, so no more
+    # heads can be outstanding (SPLIT / The Virtqueue Available Ring, driver requirements: "A driver MUST NOT
+    # decrement the available idx"; a jump past the size is such a decrement, mod 2**16).
+    "avail-index-jump",
+    # An avail ring entry >= queue size: ring[] holds heads of chains in the descriptor table of Queue Size entries
+    # (SPLIT / The Virtqueue Available Ring); no MUST sentence, an entry outside the table names no descriptor.
+    "head-out-of-range",
+    # A head made available again before the device returned it: no MUST sentence; a descriptor belongs to the
+    # device from when it is made available until it is used (SPLIT / Supplying Buffers to The Device), so the
+    # same head twice is two buffers in one descriptor.
+    "head-in-flight",
+    # desc.next >= queue size (or >= the indirect table's entries): "next" names an entry of the same table
+    # (SPLIT / The Virtqueue Descriptor Table).
+    "next-out-of-range",
+    # More descriptors than the table holds. SPLIT / The Virtqueue Descriptor Table, driver requirements: "Drivers
+    # MUST NOT add a descriptor chain longer than 2^32 bytes in total; this implies that loops in the descriptor
+    # chain are forbidden!"; SPLIT / Indirect Descriptors: "A driver MUST NOT create a descriptor chain longer than
+    # the Queue Size of the device."
+    "chain-loop",
+    # SPLIT and PACKED / Indirect Descriptors, driver requirements: "The driver MUST NOT set the
+    # VIRTQ_DESC_F_INDIRECT flag unless the VIRTIO_F_INDIRECT_DESC feature was negotiated." The spec leaves the
+    # device's answer open: libvhost-user serves such a descriptor, vring refuses it, because a device that did not
+    # offer the feature has not bounded what it accepts in a table.
+    "indirect-not-negotiated",
+    # Split rings: SPLIT / Indirect Descriptors: "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag within an
+    # indirect descriptor (ie. only one table per descriptor)." (In a packed table the flag is ignored: see above.)
+    "nested-indirect",
+    # SPLIT / Indirect Descriptors: "A driver MUST NOT set both VIRTQ_DESC_F_INDIRECT and VIRTQ_DESC_F_NEXT in
+    # flags." PACKED / Indirect Descriptors: "A driver MUST NOT write direct descriptors with VIRTQ_DESC_F_INDIRECT
+    # set in a scatter-gather list linked by VIRTQ_DESC_F_NEXT." Direct descriptors followed by an indirect one are
+    # served on both layouts, as SPLIT / Indirect Descriptors, device requirements, asks: "The device MUST handle
+    # the case of zero or more normal chained descriptors followed by a single descriptor with
+    # flags&VIRTQ_DESC_F_INDIRECT."
+    "indirect-with-next",
+    # An indirect table of length 0: the table is desc[len / 16] (SPLIT / Indirect Descriptors; PACKED / Indirect
+    # Flag: Scatter-Gather Support) and the chain needs a first descriptor "at the start of the table".
+    "indirect-len-zero",
+    # A table length not a multiple of 16: the same "desc[len / 16]" of 16-byte descriptors.
+    "indirect-len-unaligned",
+    # More entries than the queue's limit: Message Framing, device requirements: "The device MAY have a reasonable
+    # limit of descriptors it will allow in a chain"; PACKED / Scatter-Gather Support: "A driver MUST NOT create a
+    # descriptor list longer than allowed by the device."
+    "indirect-too-large",
+    # An indirect table not inside one guest memory region: "addr and len refer to the indirect table address and
+    # length" (SPLIT / Indirect Descriptors), guest-physical memory the device can read.
+    "indirect-outside-memory",
+    # Message Framing and PACKED / Scatter-Gather Support, driver requirements: "The driver MUST place any
+    # device-writable descriptor elements after any device-readable descriptor elements."
+    "readable-after-writable",
+    # A buffer of length 0: no MUST sentence; "len" is the length of a buffer element and an empty one is no buffer
+    # (Linux and QEMU refuse it too).
+    "zero-length",
+    # The chain's total length exceeds 2**32 - 1: SPLIT / The Virtqueue Descriptor Table: "Drivers MUST NOT add a
+    # descriptor chain longer than 2^32 bytes in total".
+    "chain-too-large",
+    # A buffer that leaves guest memory: "addr" is the guest-physical address of the buffer element.
+    "buffer-outside-memory",
     # Packed rings only:
-    "buffer-id-out-of-range",  # a chain's buffer id >= queue size
-    "buffer-id-in-flight",  # a buffer id the device holds already
-    "chain-flags",  # a descriptor after the head that is not available (broken AVAIL/USED bits, or a wrap)
-    "chain-too-long",  # a chain of more descriptors than the ring has
-    "indirect-next",  # NEXT set on an entry of a packed indirect table (entries are sequential)
+    # A chain's buffer id >= queue size: no MUST sentence; at most Queue Size buffers are outstanding (PACKED /
+    # Virtqueues: "if Queue Size is 4 then at most 4 buffers can be queued"), and vring's device keeps its state per
+    # id in a table of that size, as the driver keeps its own.
+    "buffer-id-out-of-range",
+    # A buffer id the device holds already: PACKED / The Virtqueue Descriptor Table, driver requirements: "A driver
+    # MUST NOT change a descriptor unless it observes the VIRTQ_DESC_F_USED bit in its flags being changed" (an id
+    # comes back to the driver with its used descriptor).
+    "buffer-id-in-flight",
+    # A descriptor after the head that is not available: PACKED / Scatter-Gather Support: "A driver MUST NOT make the
+    # first descriptor in the list available before all subsequent descriptors comprising the list are made
+    # available"; PACKED / Next Flag: Descriptor Chaining: "all flags, including VIRTQ_DESC_F_AVAIL,
+    # VIRTQ_DESC_F_USED, VIRTQ_DESC_F_WRITE must be set/cleared correctly in all descriptors in the list".
+    "chain-flags",
+    # A chain of more descriptors than the ring has: PACKED / Scatter-Gather Support: "A driver MUST NOT create a
+    # descriptor list longer than the Queue Size."
+    "chain-too-long",
 )
 
-# The driver-side checks of what the device wrote into the used ring (MalformedUsed reasons).
+# The driver-side checks of what the device wrote into the used ring (MalformedUsed reasons), each naming what the
+# device broke. What the spec says drivers ignore, the driver ignores: the length of a packed used descriptor
+# without WRITE (PACKED / Element Address and Length: "Element Length is reserved for used descriptors without the
+# VIRTQ_DESC_F_WRITE flag, and is ignored by drivers") and NEXT in used descriptors (PACKED / Next Flag: Descriptor
+# Chaining: "VIRTQ_DESC_F_NEXT is reserved in used descriptors, and should be ignored by drivers").
 USED_REASONS = (
-    "used-index-jump",  # used->idx moved past the number of buffers in flight
-    "used-id-out-of-range",  # used element id >= queue size
-    "used-id-not-in-flight",  # used element id is not the head of an outstanding chain (or was returned already)
-    "used-len-too-large",  # used length larger than the chain's device-writable bytes
-    "used-wrap",  # packed: a used descriptor where the driver has nothing in flight
+    # used->idx moved past the buffers the driver published: a used element returns a buffer the driver made
+    # available (SPLIT / The Virtqueue Used Ring); no MUST sentence bounds idx, but nothing else can be returned.
+    "used-index-jump",
+    # A used element id >= queue size: "id indicates the head entry of the descriptor chain" (SPLIT / The Virtqueue
+    # Used Ring), an index into a table of Queue Size entries; packed: a buffer id the driver wrote.
+    "used-id-out-of-range",
+    # An id that is not the head of an outstanding chain (or was returned already): as above, a used element returns
+    # one buffer the driver made available, once.
+    "used-id-not-in-flight",
+    # A used length larger than the chain's device-writable bytes: SPLIT / The Virtqueue Used Ring, device
+    # requirements: "The device MUST write at least len bytes to descriptor, beginning at the first device-writable
+    # buffer" (there are no more bytes to write than the writable ones).
+    "used-len-too-large",
+    # Packed: a used descriptor where the driver has nothing in flight: PACKED / The Virtqueue Descriptor Table,
+    # device requirements: "A device MUST NOT use a descriptor unless it observes the VIRTQ_DESC_F_AVAIL bit in its
+    # flags being changed".
+    "used-wrap",
 )
 
 
@@ -141,8 +218,6 @@ def chain_error(reason: str, head: int, index: int, in_indirect: bool, a: int = 
         text = f"{where} is not available (flags {a:#x}, wrap counter {b}): the chain is broken"
     elif reason == "chain-too-long":
         text = f"{where}: the chain has more than the ring's {a} descriptors"
-    elif reason == "indirect-next":
-        text = f"{where} sets NEXT in a packed indirect table"
     else:  # pragma: no cover - a reason without wording is a bug in vring itself
         raise AssertionError(f"unknown chain check {reason!r}")
     return MalformedChain(f"malformed chain ({reason}): {text}", reason)
@@ -163,6 +238,13 @@ def used_error(reason: str, position: int, a: int = 0, b: int = 0) -> MalformedU
     else:  # pragma: no cover
         raise AssertionError(f"unknown used check {reason!r}")
     return MalformedUsed(f"malformed used ring ({reason}): {text}", reason)
+
+
+def host_alignment_error(gpa: int) -> LayoutError:
+    """A ring area whose host address is odd: its 16-bit fields could not be loaded and stored whole (both twins
+    refuse it, when a queue maps its areas)."""
+    return LayoutError(f"ring area at {gpa:#x} is at an odd host address; 16-bit fields need 2-byte alignment",
+                       "host-alignment")
 
 
 def broken_error(side: str, cause: VringError | None) -> QueueBroken:
@@ -202,6 +284,7 @@ CALLER_ERRORS: dict[str, tuple[type[Exception], str]] = {
     "segments-total": (ValueError, "chain_segs does not add up to the number of segments"),
     "heads-short": (ValueError, "heads is shorter than the number of chains"),
     "lens-short": (ValueError, "lens is shorter than heads"),
+    "argument-range": (ValueError, "{name}[{index}] = {value} does not fit {ctype}"),
     # Device side: returning chains
     "head-not-held": (ValueError, "head {head} is not a chain the device holds"),
     "written-too-large": (ValueError, "written length {written} exceeds the chain's {writable} writable bytes"),
@@ -222,3 +305,18 @@ def caller_error(check: str, **values: object) -> Exception:
     """The exception for a caller's mistake ``check`` (a key of CALLER_ERRORS), worded with ``values``."""
     cls, text = CALLER_ERRORS[check]
     return cls(text.format(**values))
+
+
+# The C types of the engine's array arguments: a value outside one is refused when the arguments are read, before
+# any other check, by both twins alike.
+C_INT_RANGES = {"uint64": (0, (1 << 64) - 1), "int64": (-(1 << 63), (1 << 63) - 1)}
+
+
+def check_fits(name: str, values: list[int], ctype: str) -> None:
+    """Raise the ``argument-range`` error for the first of ``values`` that ``ctype`` cannot hold."""
+    low, high = C_INT_RANGES[ctype]
+    if not values or low <= min(values) and max(values) <= high:  # the common case, at C speed
+        return
+    for index, value in enumerate(values):
+        if not low <= value <= high:
+            raise caller_error("argument-range", name=name, index=index, value=value, ctype=ctype)

@@ -30,12 +30,23 @@ cdef class Batch:
 
 
 # The array arguments of the *_many / *_into calls: used as they are when they already have the C layout.
-cdef inline cnp.ndarray _int_array(obj, dtype):
-    """``obj`` as a 1-D C-contiguous array of ``dtype``: the array itself when it already is one."""
+cdef inline cnp.ndarray _int_array(obj, dtype, str name=None, str ctype=None):
+    """``obj`` as a 1-D C-contiguous array of ``dtype``: the array itself when it already is one. With ``name``,
+    a value the array cannot hold is the ``argument-range`` error of the pure-Python twin, not numpy's own error
+    or a silent wrap."""
     if (cnp.PyArray_Check(obj) and (<cnp.ndarray>obj).dtype == dtype and cnp.PyArray_NDIM(<cnp.ndarray>obj) == 1
             and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>obj)):
         return <cnp.ndarray>obj
-    arr = np.ascontiguousarray(obj, dtype=dtype)
+    try:
+        arr = np.ascontiguousarray(obj, dtype=dtype)
+    except OverflowError:
+        if name is not None:
+            check_fits(name, [int(v) for v in obj], ctype)
+        raise
+    if name is not None and cnp.PyArray_Check(obj) and not np.can_cast((<cnp.ndarray>obj).dtype, dtype):
+        low, high = C_INT_RANGES[ctype]  # the cast may have wrapped a value
+        if obj.size and not (low <= int(obj.min()) and int(obj.max()) <= high):
+            check_fits(name, [int(v) for v in (<cnp.ndarray>obj).ravel().tolist()], ctype)
     if arr.ndim != 1:
         raise ValueError("expected a one-dimensional sequence")
     return arr

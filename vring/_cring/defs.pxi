@@ -71,7 +71,6 @@ cdef enum:
     CHECK_BUFFER_ID_IN_FLIGHT
     CHECK_CHAIN_FLAGS
     CHECK_CHAIN_TOO_LONG
-    CHECK_INDIRECT_NEXT
     CHAIN_NO_MEMORY                  # not a check: the scratch for the chain's segments could not grow
 
 CHAIN_CHECK_CODES = {
@@ -95,7 +94,6 @@ CHAIN_CHECK_CODES = {
     "buffer-id-in-flight": CHECK_BUFFER_ID_IN_FLIGHT,
     "chain-flags": CHECK_CHAIN_FLAGS,
     "chain-too-long": CHECK_CHAIN_TOO_LONG,
-    "indirect-next": CHECK_INDIRECT_NEXT,
 }
 
 # The driver side's checks of what the device wrote, one code per MalformedUsed reason.

@@ -62,7 +62,8 @@ cdef class DeviceQueue:
     """The device's end of a split virtqueue (what QEMU or a vhost-user backend does). Trusts nothing it reads.
 
     One caller per queue at a time: the queue is not thread-safe. While a batch call runs with the GIL released
-    (``pop_batch``, ``push_batch``, ``push_many``), nothing may use the queue or change its GuestMemory's regions.
+    (``pop_batch``, ``push_batch``, ``push_many``), nothing else may use the queue; its GuestMemory's regions may
+    change (the batch keeps working on them as they were when it started, see GuestMemory).
     A debug build (``VRING_DEBUG=1``) aborts when a second caller enters.
     """
 
@@ -286,19 +287,22 @@ cdef class DeviceQueue:
         cdef const long long *lp
         cdef int code = 0
         cdef PyThreadState *_ts
+        cdef MemMap held
         dev_enter(&self.q)
         try:
-            h = _int_array(heads, np.int64)
-            l = _int_array(lens, np.int64)
+            self._check()
+            h = _int_array(heads, np.int64, "heads", "int64")
+            l = _int_array(lens, np.int64, "lens", "int64")
             n = cnp.PyArray_DIM(h, 0)
             hp = <const long long *>cnp.PyArray_DATA(h)
             lp = <const long long *>cnp.PyArray_DATA(l)
-            self._check()
             if cnp.PyArray_DIM(l, 0) != n:
                 raise caller_error("push-lengths")
+            held = self.mem._hold()  # regions may change meanwhile: the loop walks this table
             _ts = gil_release_if(n >= NOGIL_MIN)  # the loop below touches no Python object
             code = dev_push_all(&self.q, hp, lp, n, &i)
             gil_restore(_ts)
+            self.mem._release(&held)
             if code:
                 self._push_error(code, hp[i], lp[i])
         finally:
@@ -317,13 +321,15 @@ cdef class DeviceQueue:
         cdef uint32_t seg = 0, i
         cdef Seg *s
         cdef PyThreadState *_ts
+        cdef MemMap held
         dev_enter(&self.q)
         try:
             self._check()
             batch.seg_start_p[0] = 0
+            held = self.mem._hold()  # regions may change meanwhile: the loop walks this table
             _ts = gil_release_if(cap >= NOGIL_MIN)  # the loop below touches no Python object
             while n < cap:
-                r = dev_peek(&self.q, &self.mem.map, &head, &err)
+                r = dev_peek(&self.q, &held, &head, &err)
                 if r <= 0:
                     break
                 if seg + self.q.nseg > max_seg:
@@ -345,6 +351,7 @@ cdef class DeviceQueue:
             if n and r >= 0:
                 dev_after_pop(&self.q)
             gil_restore(_ts)
+            self.mem._release(&held)
             batch.count = n
             if r < 0:
                 self._fail(&err)
@@ -360,14 +367,17 @@ cdef class DeviceQueue:
         cdef Py_ssize_t n = batch.count if count is None else count, i
         cdef int code = 0
         cdef PyThreadState *_ts
+        cdef MemMap held
         dev_enter(&self.q)
         try:
             if not 0 <= n <= batch.capacity:
                 raise caller_error("batch-count", count=n, capacity=batch.capacity)
             self._check()
+            held = self.mem._hold()  # regions may change meanwhile: the loop walks this table
             _ts = gil_release_if(n >= NOGIL_MIN)  # the loop below touches no Python object
             code = dev_push_all(&self.q, batch.heads_p, batch.lens_p, n, &i)
             gil_restore(_ts)
+            self.mem._release(&held)
             if code:
                 self._push_error(code, batch.heads_p[i], batch.lens_p[i])
         finally:
@@ -424,6 +434,16 @@ cdef class PackedDeviceQueue(DeviceQueue):
     def state(self):
         return QueueState(self.q.last_avail, self.q.used_idx, self.q.packed_ring.avail_wrap,
                           self.q.packed_ring.used_wrap)
+
+    @property
+    def avail_wrap(self):
+        """The driver's wrap counter (spec 2.8.1) the device expects on the next available descriptor: 0 or 1."""
+        return self.q.packed_ring.avail_wrap
+
+    @property
+    def used_wrap(self):
+        """The device's wrap counter (spec 2.8.1) for the next used descriptor it writes: 0 or 1."""
+        return self.q.packed_ring.used_wrap
 
     cdef int _restore_indices(self, state) except -1:
         # Packed indices are ring slots, each with its lap's wrap counter; a used_idx of None means "where the

@@ -5,8 +5,9 @@ cdef class DriverQueue:
     """The driver's end of a split virtqueue (what a guest kernel does). Trusts nothing the device writes.
 
     One caller per queue at a time: the queue is not thread-safe. While a batch call runs with the GIL released
-    (``add_many``, ``add_batch``, ``reap_batch``, ``pop_used_into``), nothing may use the queue or change its
-    GuestMemory's regions. A debug build (``VRING_DEBUG=1``) aborts when a second caller enters.
+    (``add_many``, ``add_batch``, ``reap_batch``, ``pop_used_into``), nothing else may use the queue; its
+    GuestMemory's regions may change (the batch keeps working on them as they were when it started, see
+    GuestMemory). A debug build (``VRING_DEBUG=1``) aborts when a second caller enters.
     """
 
     def __cinit__(self):
@@ -244,22 +245,23 @@ cdef class DriverQueue:
         cdef uint32_t nseg = 0, bad = 0
         cdef int code = 0
         cdef PyThreadState *_ts
+        cdef MemMap held
         drv_enter(&self.q)
         try:
-            a = _int_array(addrs, np.uint64)
-            l = _int_array(lens, np.int64)
+            self._check()
+            a = _int_array(addrs, np.uint64, "addrs", "uint64")
+            l = _int_array(lens, np.int64, "lens", "int64")
             w = _int_array(writable, np.bool_)
             nsegs_total = cnp.PyArray_DIM(a, 0)
-            self._check()
             if not cnp.PyArray_DIM(l, 0) == nsegs_total == cnp.PyArray_DIM(w, 0):
                 raise caller_error("segment-arrays")
             if isinstance(chain_segs, int):
-                each = chain_segs
-                if each < 1 or nsegs_total % each:
+                if chain_segs < 1 or nsegs_total % chain_segs:
                     raise caller_error("segments-uneven")
+                each = chain_segs
                 nchains = nsegs_total // each
             else:
-                counts = _int_array(chain_segs, np.int64)
+                counts = _int_array(chain_segs, np.int64, "chain_segs", "int64")
                 cp = <const long long *>cnp.PyArray_DATA(counts)
                 nchains = cnp.PyArray_DIM(counts, 0)
                 if counts.sum() != nsegs_total or (nchains and counts.min() < 0):
@@ -272,17 +274,19 @@ cdef class DriverQueue:
             ap = <const uint64_t *>cnp.PyArray_DATA(a)
             lp = <const long long *>cnp.PyArray_DATA(l)
             wp = <const uint8_t *>cnp.PyArray_DATA(w)
+            held = self.mem._hold()  # regions may change meanwhile: the loop walks this table
             _ts = gil_release_if(nchains >= NOGIL_MIN)  # the loop below touches no Python object
             for c in range(nchains):
                 nseg = <uint32_t>(each if cp == NULL else cp[c])
                 if self.q.num_free < drv_needed(&self.q, nseg):
                     break
-                code = drv_add(&self.q, &self.mem.map, ap + start, lp + start, wp + start, nseg, &hp[done], &bad)
+                code = drv_add(&self.q, &held, ap + start, lp + start, wp + start, nseg, &hp[done], &bad)
                 if code:
                     break
                 start += nseg
                 done += 1
             gil_restore(_ts)
+            self.mem._release(&held)
             if heads is not None and not direct:
                 for c in range(done):
                     heads[c] = hp[c]
@@ -300,11 +304,13 @@ cdef class DriverQueue:
         cdef int code = 0
         cdef bint overrun = False
         cdef PyThreadState *_ts
+        cdef MemMap held
         drv_enter(&self.q)
         try:
             if not 0 <= n <= batch.capacity:
                 raise caller_error("batch-count", count=n, capacity=batch.capacity)
             self._check()
+            held = self.mem._hold()  # regions may change meanwhile: the loop walks this table
             _ts = gil_release_if(n >= NOGIL_MIN)  # the loop below touches no Python object
             for k in range(n):
                 nseg = batch.nsegs_p[k]
@@ -313,13 +319,14 @@ cdef class DriverQueue:
                     break
                 if self.q.num_free < drv_needed(&self.q, nseg):
                     break
-                code = drv_add(&self.q, &self.mem.map, batch.seg_addr_p + start, batch.seg_len_p + start,
+                code = drv_add(&self.q, &held, batch.seg_addr_p + start, batch.seg_len_p + start,
                                batch.seg_writable_p + start, nseg, &batch.heads_p[k], &bad)
                 if code:
                     break
                 start += nseg
                 done += 1
             gil_restore(_ts)
+            self.mem._release(&held)
             batch.count = done
             if overrun:
                 raise caller_error("batch-chain-segments", chain=done, max_segments=batch.max_segments)
@@ -336,18 +343,21 @@ cdef class DriverQueue:
         cdef uint64_t a = 0, b = 0
         cdef int r = 0
         cdef PyThreadState *_ts
+        cdef MemMap held
         drv_enter(&self.q)
         try:
             self._check()
+            held = self.mem._hold()  # regions may change meanwhile: the loop walks this table
             _ts = gil_release_if(cap >= NOGIL_MIN)  # the loop below touches no Python object
             while n < cap:
                 r = drv_reap_one(&self.q, &batch.heads_p[n], &batch.lens_p[n], &a, &b)
                 if r <= 0:
                     break
                 n += 1
-            if n:
+            if n and r >= 0:  # after a malformed entry the queue is broken: nothing more goes into the ring
                 drv_after_reap(&self.q)
             gil_restore(_ts)
+            self.mem._release(&held)
             batch.count = n
             for i in range(n):
                 if self._has_token[batch.heads_p[i]]:
@@ -421,6 +431,7 @@ cdef class DriverQueue:
         cdef uint64_t a = 0, b = 0
         cdef int r = 0
         cdef PyThreadState *_ts
+        cdef MemMap held
         drv_enter(&self.q)
         try:
             want = len(heads)
@@ -433,15 +444,17 @@ cdef class DriverQueue:
             l = lens if direct_l else np.empty(want, np.uint32)
             hp = <uint16_t *>cnp.PyArray_DATA(h)
             lp = <uint32_t *>cnp.PyArray_DATA(l)
+            held = self.mem._hold()  # regions may change meanwhile: the loop walks this table
             _ts = gil_release_if(want >= NOGIL_MIN)  # the loop below touches no Python object
             while n < want:
                 r = drv_reap_one(&self.q, &hp[n], &lp[n], &a, &b)
                 if r <= 0:
                     break
                 n += 1
-            if n:
+            if n and r >= 0:  # after a malformed entry the queue is broken: nothing more goes into the ring
                 drv_after_reap(&self.q)
             gil_restore(_ts)
+            self.mem._release(&held)
             for i in range(n):
                 if self._has_token[hp[i]]:
                     self._drop_token(hp[i])
@@ -500,3 +513,13 @@ cdef class PackedDriverQueue(DriverQueue):
                 or self.q.packed_ring.skip_len == NULL):
             raise MemoryError()
         self._setup(mem, layout, features, indirect_area, indirect_max, indirect_threshold)
+
+    @property
+    def avail_wrap(self):
+        """The driver's wrap counter (spec 2.8.1) for the next descriptor it makes available: 0 or 1."""
+        return self.q.packed_ring.avail_wrap
+
+    @property
+    def used_wrap(self):
+        """The device's wrap counter (spec 2.8.1) the driver expects on the next used descriptor: 0 or 1."""
+        return self.q.packed_ring.used_wrap

@@ -21,6 +21,7 @@ def run_cycles(DriverQueue drv not None, DeviceQueue dev not None, Batch shape n
     cdef uint64_t a = 0, b = 0
     cdef long long done = 0, start, elapsed
     cdef int k, r = 0, round_size
+    cdef MemMap held
     if batch < 1 or nseg < 1 or nseg > shape.max_segments:
         raise ValueError("need batch >= 1 and a first chain in shape")
     if dev.mem is not drv.mem or dev.layout != drv.layout:
@@ -29,12 +30,13 @@ def run_cycles(DriverQueue drv not None, DeviceQueue dev not None, Batch shape n
     dev._check()
     drv_enter(&drv.q)
     dev_enter(&dev.q)
+    held = drv.mem._hold()  # one GuestMemory (checked above); regions may change meanwhile
     with nogil:
         start = now_ns()
         while done < n:
             round_size = <int>min(<long long>batch, n - done)
             for k in range(round_size):
-                r = drv_add(&drv.q, &drv.mem.map, shape.seg_addr_p, shape.seg_len_p, shape.seg_writable_p, nseg,
+                r = drv_add(&drv.q, &held, shape.seg_addr_p, shape.seg_len_p, shape.seg_writable_p, nseg,
                             &head, &bad)
                 if r:
                     break
@@ -42,7 +44,7 @@ def run_cycles(DriverQueue drv not None, DeviceQueue dev not None, Batch shape n
                 break
             drv_kick_needed(&drv.q)
             for k in range(round_size):
-                r = dev_pop(&dev.q, &dev.mem.map, &head, &err)
+                r = dev_pop(&dev.q, &held, &head, &err)
                 if r != 1:
                     break
                 dev_put_used(&dev.q, head, dev.q.writable_len)
@@ -61,6 +63,7 @@ def run_cycles(DriverQueue drv not None, DeviceQueue dev not None, Batch shape n
             r = 0
             done += round_size
         elapsed = now_ns() - start
+    drv.mem._release(&held)
     dev_exit(&dev.q)
     drv_exit(&drv.q)
     if done < n:

@@ -1,5 +1,19 @@
 # Guest memory: guest-physical regions -> host buffers, and the bounds-checked lookups every translation goes
 # through.
+cdef inline TableHead *table_head(Region *regions) noexcept nogil:
+    return (<TableHead *>regions) - 1
+
+
+cdef Region *table_new(Py_ssize_t n):
+    """A region table of ``n`` entries (at least one slot) behind a zeroed TableHead, or NULL."""
+    cdef TableHead *head = <TableHead *>malloc(sizeof(TableHead) + max(1, n) * sizeof(Region))
+    if head == NULL:
+        return NULL
+    head.holders = 0
+    head.retired = 0
+    return <Region *>(head + 1)
+
+
 cdef inline int mem_find(MemMap *m, uint64_t gpa) noexcept nogil:
     """Index of the region holding ``gpa``, or -1. ``gpa - start < size`` is false when gpa < start (unsigned)."""
     cdef int i = m.hint
@@ -50,18 +64,30 @@ cdef class GuestMemory:
 
     A range that crosses from one region into another adjacent in guest-physical address is legal and comes back
     as one view per piece (``views``); ``view`` wants a range inside one region.
+
+    Regions may be added and removed while a queue's batch call runs in another thread with the GIL released:
+    the region table is immutable once published and a change replaces it whole. A batch works on the table (and
+    the regions' memory) as it was when the batch started, which stays alive until the batch ends. A queue's ring
+    areas are mapped again at its next call.
     """
 
     def __cinit__(self):
-        self.map.regions = NULL
+        self.map.regions = table_new(0)
+        if self.map.regions == NULL:
+            raise MemoryError()
         self.map.n = 0
         self.map.hint = 0
         self._regions = []
         self._views = []
+        self._retired = {}
         self.generation = 0
 
+    def __init__(self):
+        pass  # refuses arguments: __cinit__ alone would accept and ignore any
+
     def __dealloc__(self):
-        free(self.map.regions)
+        if self.map.regions != NULL:  # no batch can hold it: a running batch keeps its queue, and so us, alive
+            free(table_head(self.map.regions))
 
     def add_region(self, gpa, buffer):
         """Make ``buffer`` (bytearray, mmap, numpy array, ...) the guest memory at ``gpa``."""
@@ -99,7 +125,8 @@ cdef class GuestMemory:
 
     cdef _rebuild(self, list regions):
         cdef Py_buffer buf
-        cdef Region *table = <Region *>malloc(max(1, len(regions)) * sizeof(Region))
+        cdef Region *table = table_new(len(regions))
+        cdef TableHead *old = table_head(self.map.regions)
         if table == NULL:
             raise MemoryError()
         try:
@@ -111,15 +138,35 @@ cdef class GuestMemory:
                 table[i].host = <unsigned char *>buf.buf
                 PyBuffer_Release(&buf)
         except BaseException:
-            free(table)
+            free(table_head(table))
             raise
-        free(self.map.regions)
+        if old.holders:  # a batch still walks it: it and the regions' memory live on until the batch lets go
+            old.retired = 1
+            self._retired[<size_t>old] = self._regions
+        else:
+            free(old)
         self.map.regions = table
         self.map.n = len(regions)
         self.map.hint = 0
         self._regions = regions
         self._views = [r[2] for r in regions]
         self.generation += 1
+
+    cdef MemMap _hold(self):
+        """The region table for a batch about to release the GIL: kept (with the regions' memory) until
+        ``_release``, whatever changes meanwhile. Called with the GIL held."""
+        table_head(self.map.regions).holders += 1
+        return self.map
+
+    cdef void _release(self, MemMap *held):
+        """The batch that held ``held`` is done (with the GIL held again)."""
+        cdef TableHead *head = table_head(held.regions)
+        head.holders -= 1
+        if held.regions == self.map.regions:
+            self.map.hint = held.hint
+        elif head.retired and not head.holders:
+            del self._retired[<size_t>head]
+            free(head)
 
     @property
     def regions(self):
@@ -183,7 +230,6 @@ cdef int bind_area(GuestMemory mem, uint64_t gpa, uint64_t length, unsigned char
         mem.view(gpa, length)  # raises the AddressError that says why
         raise AddressError(f"range {gpa:#x} (+{length}) is not inside one region")
     if (<size_t>p) & 1:
-        raise LayoutError(f"ring area at {gpa:#x} is at an odd host address; 16-bit fields need 2-byte alignment",
-                          "host-alignment")
+        raise host_alignment_error(gpa)
     out[0] = p
     return 0

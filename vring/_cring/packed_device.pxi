@@ -56,12 +56,10 @@ cdef inline int packed_dev_peek(DevQueue *q, MemMap *m, uint16_t *head_out, Chai
             if r:
                 return -r
             entries = length // DESC_SIZE
-            for k in range(entries):  # entries are sequential: NEXT has no meaning in a packed table
+            # Entries are sequential. Spec 2.8.7: WRITE is their only valid flag, the others and the buffer id
+            # "are reserved and are ignored by the device".
+            for k in range(entries):
                 vring_load_desc_once(words, table + DESC_SIZE * k)
-                if (words[1] >> 48) & DESC_F_NEXT:
-                    return -dev_fail(err, CHECK_INDIRECT_NEXT, head_pos, k, True, 0, 0)
-                if (words[1] >> 48) & DESC_F_INDIRECT:
-                    return -dev_fail(err, CHECK_NESTED_INDIRECT, head_pos, k, True, 0, 0)
                 r = dev_piece(q, m, words[0], <uint32_t>words[1], ((words[1] >> 48) & DESC_F_WRITE) != 0,
                               &readable_len, &writable_len, &seen_writable)
                 if r:

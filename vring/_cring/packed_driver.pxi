@@ -103,9 +103,14 @@ cdef inline bint packed_drv_kick_needed(DrvQueue *q) noexcept nogil:
                               q.avail_idx, <uint16_t>(q.avail_idx - added))
 
 
-cdef inline void packed_drv_retire(DrvQueue *q, uint16_t buffer_id) noexcept nogil:
-    """The buffer's slots and its id are free again."""
+cdef inline void packed_drv_consume(DrvQueue *q, uint16_t buffer_id) noexcept nogil:
+    """Step the used slot past the buffer's slots in the ring."""
     packed_advance(&q.last_used, &q.packed_ring.used_wrap, q.ndesc[buffer_id], q.size)
+
+
+cdef inline void packed_drv_release(DrvQueue *q, uint16_t buffer_id) noexcept nogil:
+    """The buffer's completion is handed back: its slots and its id are free again. Until then its slots count
+    as taken, so a free slot always means a free id."""
     q.num_free += q.ndesc[buffer_id]
     q.inflight[buffer_id] = 0
     q.next[buffer_id] = q.free_head
@@ -153,12 +158,13 @@ cdef inline int packed_drv_reap_one(DrvQueue *q, uint16_t *head, uint32_t *writt
                 skipped = r.order[r.order_head]
                 r.order_head = (r.order_head + 1) % q.size
                 r.order_len -= 1
-                packed_drv_retire(q, skipped)
+                packed_drv_consume(q, skipped)
                 packed_drv_skip_push(q, skipped, 0)
             r.order_head = (r.order_head + 1) % q.size
             r.order_len -= 1
-        packed_drv_retire(q, buffer_id)
+        packed_drv_consume(q, buffer_id)
         if not r.skip_count:
+            packed_drv_release(q, buffer_id)
             head[0] = buffer_id
             written[0] = length
             return 1
@@ -167,6 +173,7 @@ cdef inline int packed_drv_reap_one(DrvQueue *q, uint16_t *head, uint32_t *writt
     written[0] = r.skip_len[r.skip_head]
     r.skip_head = (r.skip_head + 1) % q.size
     r.skip_count -= 1
+    packed_drv_release(q, head[0])
     return 1
 
 

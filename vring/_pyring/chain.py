@@ -20,14 +20,29 @@ class Chain:
 
     __slots__ = ("head", "readable_len", "writable_len", "indirect", "_pieces", "_readable", "_writable")
 
-    def __init__(self, head: int, pieces: list[Piece], readable_len: int, writable_len: int, indirect: bool) -> None:
-        self.head = head
-        self.readable_len = readable_len
-        self.writable_len = writable_len
-        self.indirect = indirect
-        self._pieces = pieces
-        self._readable: list[memoryview] | None = None
-        self._writable: list[memoryview] | None = None
+    head: int
+    readable_len: int
+    writable_len: int
+    indirect: bool
+    _pieces: list[Piece]
+    _readable: list[memoryview] | None
+    _writable: list[memoryview] | None
+
+    def __init__(self) -> None:
+        raise TypeError("chains come from DeviceQueue.pop()")
+
+    @classmethod
+    def _make(cls, head: int, pieces: list[Piece], readable_len: int, writable_len: int, indirect: bool) -> Chain:
+        """The chain a device queue popped (the public constructor refuses, as the Cython twin's does)."""
+        chain = cls.__new__(cls)
+        chain.head = head
+        chain.readable_len = readable_len
+        chain.writable_len = writable_len
+        chain.indirect = indirect
+        chain._pieces = pieces
+        chain._readable = None
+        chain._writable = None
+        return chain
 
     def _views(self, writable: bool) -> list[memoryview]:
         out = []

@@ -22,6 +22,11 @@ class GuestMemory:
 
     A range that crosses from one region into another adjacent in guest-physical address is legal and comes back
     as one view per piece (``views``); ``view`` wants a range inside one region.
+
+    Regions may be added and removed while a queue's call runs in another thread: the region list is immutable
+    once published and a change replaces it whole, so every lookup sees the regions before or after a change,
+    and a removed region's memory lives on while a view of it (a chain's, a queue's ring) is held. (The Cython
+    twin's batches work on the regions as they were when the batch started.)
     """
 
     def __init__(self) -> None:

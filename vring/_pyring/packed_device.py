@@ -33,8 +33,7 @@ from .split_device import DeviceQueue
 class PackedDeviceQueue(DeviceQueue):
     """The device's end of a packed virtqueue. Same methods as DeviceQueue; ``head`` is the buffer id.
 
-    One caller per queue at a time; nothing may change the queue or its GuestMemory's regions while a call runs
-    (a batch call included).
+    One caller per queue at a time; its GuestMemory's regions may change meanwhile (see GuestMemory).
     """
 
     _kind = "packed"
@@ -109,11 +108,9 @@ class PackedDeviceQueue(DeviceQueue):
                                        self.max_indirect)
                 was_indirect = True
                 entries = list(PACKED_DESC.iter_unpack(table))  # the whole table, read once
-                for k, (eaddr, elen, _eid, eflags) in enumerate(entries):  # sequential (2.8.7): no NEXT, no INDIRECT
-                    if eflags & DESC_F_NEXT:
-                        raise chain_error("indirect-next", head_pos, k, True)
-                    if eflags & DESC_F_INDIRECT:
-                        raise chain_error("nested-indirect", head_pos, k, True)
+                # Entries are sequential. Spec 2.8.7: WRITE is their only valid flag, the others and the buffer id
+                # "are reserved and are ignored by the device".
+                for k, (eaddr, elen, _eid, eflags) in enumerate(entries):
                     readable_len, writable_len = add_buffer(self.mem, pieces, head_pos, k, True, eaddr, elen,
                                                             bool(eflags & DESC_F_WRITE), readable_len, writable_len)
                 break
@@ -127,7 +124,7 @@ class PackedDeviceQueue(DeviceQueue):
         if self._inflight[buffer_id]:
             raise chain_error("buffer-id-in-flight", head_pos, pos, False, buffer_id)
         self._peeked_ndesc = count
-        return Chain(buffer_id, pieces, readable_len, writable_len, was_indirect)
+        return Chain._make(buffer_id, pieces, readable_len, writable_len, was_indirect)
 
     def _commit(self, chain: Chain) -> None:
         self._inflight[chain.head] = 1

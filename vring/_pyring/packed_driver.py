@@ -19,8 +19,7 @@ from .split_driver import DriverQueue
 class PackedDriverQueue(DriverQueue):
     """The driver's end of a packed virtqueue. Same methods as DriverQueue; heads are buffer ids.
 
-    One caller per queue at a time; nothing may change the queue or its GuestMemory's regions while a call runs
-    (a batch call included).
+    One caller per queue at a time; its GuestMemory's regions may change meanwhile (see GuestMemory).
     """
 
     _kind = "packed"
@@ -98,7 +97,7 @@ class PackedDriverQueue(DriverQueue):
     def _reap_one(self) -> tuple[int, int] | None:
         rings: PackedRings = self._rings
         if self._skipped:
-            return self._skipped.popleft()
+            return self._hand_back(*self._skipped.popleft())
         pos = self.last_used_idx
         # desc[pos].flags, acquire: id and len after it.
         if not is_used(rings.desc_flags[pos], self.used_wrap):
@@ -118,23 +117,28 @@ class PackedDriverQueue(DriverQueue):
             # IN_ORDER: one used descriptor may stand for every buffer made available before it.
             while self._order and self._order[0] != buffer_id:
                 skipped = self._order.popleft()
-                self._retire(skipped)
+                self._consume(skipped)
                 self._skipped.append((skipped, 0))
             self._order.popleft()
-        self._retire(buffer_id)
+        self._consume(buffer_id)
         if self._skipped:
             self._skipped.append((buffer_id, written))
-            return self._skipped.popleft()
-        return buffer_id, written
+            return self._hand_back(*self._skipped.popleft())
+        return self._hand_back(buffer_id, written)
 
-    def _retire(self, buffer_id: int) -> None:
-        """The buffer's slots are free again, and its id."""
+    def _consume(self, buffer_id: int) -> None:
+        """Step the used slot past the buffer's slots in the ring."""
         self.last_used_idx, self.used_wrap = advance(self.last_used_idx, self.used_wrap, self._ndesc[buffer_id],
                                                      self.size)
+
+    def _hand_back(self, buffer_id: int, written: int) -> tuple[int, int]:
+        """The buffer's completion, handed back: its slots and its id are free again. Until then its slots count
+        as taken, so a free slot always means a free id."""
         self.num_free += self._ndesc[buffer_id]
         self._inflight[buffer_id] = 0
         self._next[buffer_id] = self._free_head
         self._free_head = buffer_id
+        return buffer_id, written
 
     def _after_reap(self) -> None:
         if self._event_idx and self._interrupts_enabled:

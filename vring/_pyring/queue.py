@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .._errors import VringError, broken_error, caller_error
+from .._errors import VringError, broken_error, caller_error, check_fits
 from .._features import Feature
 from .._layout import PackedLayout, SplitLayout
 from .memory import GuestMemory
@@ -14,6 +14,13 @@ from .memory import GuestMemory
 def as_ints(values: Any) -> list[int]:
     """A caller's sequence (list, numpy array, ...) as Python ints."""
     return [int(v) for v in values]
+
+
+def as_c_ints(values: Any, name: str, ctype: str) -> list[int]:
+    """``as_ints``, refusing a value the Cython twin's array of ``ctype`` cannot hold (``argument-range``)."""
+    ints = as_ints(values)
+    check_fits(name, ints, ctype)
+    return ints
 
 
 class Queue:

@@ -16,6 +16,7 @@ Cython twin puts its barriers.
 
 from __future__ import annotations
 
+import ctypes
 import struct
 
 from .._features import (
@@ -27,6 +28,7 @@ from .._features import (
     PACKED_DESC_F_USED,
     need_event,
 )
+from .._errors import host_alignment_error
 from .._layout import PackedLayout, SplitLayout
 from .memory import GuestMemory
 
@@ -40,6 +42,15 @@ _USED_LEN_ID = struct.Struct("<IH")  # le32 len; le16 id of a used struct pvirtq
 _RING_HEADER = 4  # le16 flags; le16 idx: what precedes ring[] in struct virtq_avail and struct virtq_used
 _DESC_WORDS = DESC_SIZE // 2  # a descriptor in 16-bit words
 _FLAGS_WORD = 7  # the le16 flags of a struct pvirtq_desc, its last word
+
+
+def ring_view(mem: GuestMemory, gpa: int, length: int) -> memoryview:
+    """``mem.view`` of a ring area, refused (LayoutError) at an odd host address, where the Cython twin could not
+    load and store its 16-bit fields whole."""
+    view = mem.view(gpa, length)
+    if ctypes.addressof(ctypes.c_char.from_buffer(view)) & 1:
+        raise host_alignment_error(gpa)
+    return view
 
 
 class SplitRings:
@@ -56,9 +67,9 @@ class SplitRings:
                  "used_flags", "used_idx", "avail_event")
 
     def __init__(self, mem: GuestMemory, layout: SplitLayout) -> None:
-        self.desc = mem.view(layout.desc, layout.desc_bytes)
-        self.avail = mem.view(layout.avail, layout.avail_bytes)
-        self.used = mem.view(layout.used, layout.used_bytes)
+        self.desc = ring_view(mem, layout.desc, layout.desc_bytes)
+        self.avail = ring_view(mem, layout.avail, layout.avail_bytes)
+        self.used = ring_view(mem, layout.used, layout.used_bytes)
         self.generation = mem.generation
         size = layout.size
         # struct virtq_avail {le16 flags; le16 idx; le16 ring[size]; le16 used_event;} (2.7.6): the driver writes
@@ -130,9 +141,9 @@ class PackedRings:
     __slots__ = ("desc", "driver_event", "device_event", "generation", "desc_flags")
 
     def __init__(self, mem: GuestMemory, layout: PackedLayout) -> None:
-        self.desc = mem.view(layout.desc, layout.desc_bytes)
-        self.driver_event = EventSuppression(mem.view(layout.driver_event, layout.driver_event_bytes))
-        self.device_event = EventSuppression(mem.view(layout.device_event, layout.device_event_bytes))
+        self.desc = ring_view(mem, layout.desc, layout.desc_bytes)
+        self.driver_event = EventSuppression(ring_view(mem, layout.driver_event, layout.driver_event_bytes))
+        self.device_event = EventSuppression(ring_view(mem, layout.device_event, layout.device_event_bytes))
         self.generation = mem.generation
         self.desc_flags = self.desc.cast("H")[_FLAGS_WORD::_DESC_WORDS]  # every descriptor's last 16-bit word
 

@@ -26,15 +26,15 @@ from .batch import Batch
 from .chain import Chain, Piece
 from .descriptors import add_buffer, indirect_table
 from .memory import GuestMemory
-from .queue import Queue, as_ints
+from .queue import Queue, as_c_ints
 from .rings import DESC, SplitRings
 
 
 class DeviceQueue(Queue):
     """The device's end of a split virtqueue (what QEMU or a vhost-user back-end does). Trusts nothing it reads.
 
-    ``PackedDeviceQueue`` keeps these methods for a packed ring. One caller per queue at a time; nothing may change
-    the queue or its GuestMemory's regions while a call runs (a batch call included).
+    ``PackedDeviceQueue`` keeps these methods for a packed ring. One caller per queue at a time; its GuestMemory's
+    regions may change meanwhile, from another thread (see GuestMemory).
     """
 
     _side = "device"
@@ -227,7 +227,7 @@ class DeviceQueue(Queue):
             if nxt >= limit:
                 raise chain_error("next-out-of-range", head, index, in_indirect, nxt, limit)
             index = nxt
-        return Chain(head, pieces, readable_len, writable_len, was_indirect)
+        return Chain._make(head, pieces, readable_len, writable_len, was_indirect)
 
     # -- pushing -------------------------------------------------------------------------------------------
     def _check_push(self, head: int, written: int) -> None:
@@ -255,8 +255,8 @@ class DeviceQueue(Queue):
     def push_many(self, heads: Iterable[int], lens: Iterable[int]) -> None:
         """Return several chains; the used index is published once, after all their elements."""
         self._check()
-        heads = as_ints(heads)
-        lens = as_ints(lens)
+        heads = as_c_ints(heads, "heads", "int64")
+        lens = as_c_ints(lens, "lens", "int64")
         if len(heads) != len(lens):
             raise caller_error("push-lengths")
         seen = set()

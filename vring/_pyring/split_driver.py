@@ -23,15 +23,15 @@ from .._features import (
 from .._layout import PackedLayout, SplitLayout
 from .batch import Batch
 from .memory import GuestMemory
-from .queue import Queue, as_ints
-from .rings import DESC, LEN_MAX, SplitRings
+from .queue import Queue, as_c_ints, as_ints
+from .rings import DESC, LEN_MAX, SplitRings, ring_view
 
 
 class DriverQueue(Queue):
     """The driver's end of a split virtqueue (what a guest kernel does). Trusts nothing the device writes.
 
-    ``PackedDriverQueue`` keeps these methods for a packed ring. One caller per queue at a time; nothing may change
-    the queue or its GuestMemory's regions while a call runs (a batch call included).
+    ``PackedDriverQueue`` keeps these methods for a packed ring. One caller per queue at a time; its GuestMemory's
+    regions may change meanwhile, from another thread (see GuestMemory).
     """
 
     _side = "driver"
@@ -55,6 +55,11 @@ class DriverQueue(Queue):
             mem.view(indirect_area, self.indirect_area_bytes(self.size, indirect_max))  # must lie in one region
         self._map_rings()
         self.reset()
+
+    def _map_rings(self) -> None:
+        super()._map_rings()
+        if self.indirect_area is not None:  # the indirect tables are mapped, and refused, like the ring areas
+            ring_view(self.mem, self.indirect_area, self.indirect_area_bytes(self.size, self.indirect_max))
 
     @staticmethod
     def indirect_area_bytes(size: int, indirect_max: int = 16) -> int:
@@ -90,7 +95,7 @@ class DriverQueue(Queue):
         published by ``kick_needed``.
         """
         self._check()
-        segs = [(int(a), int(n), False) for a, n in out] + [(int(a), int(n), True) for a, n in in_]
+        segs = _parse_buffers(out, False) + _parse_buffers(in_, True)
         head = self._add(segs)
         self._tokens[head] = token
         return head
@@ -103,8 +108,8 @@ class DriverQueue(Queue):
         ``heads`` if given.
         """
         self._check()
-        addrs = as_ints(addrs)
-        lens = as_ints(lens)
+        addrs = as_c_ints(addrs, "addrs", "uint64")
+        lens = as_c_ints(lens, "lens", "int64")
         writable = as_ints(writable)
         if not len(addrs) == len(lens) == len(writable):
             raise caller_error("segment-arrays")
@@ -113,8 +118,8 @@ class DriverQueue(Queue):
                 raise caller_error("segments-uneven")
             counts = [chain_segs] * (len(addrs) // chain_segs)
         else:
-            counts = as_ints(chain_segs)
-            if sum(counts) != len(addrs):
+            counts = as_c_ints(chain_segs, "chain_segs", "int64")
+            if sum(counts) != len(addrs) or any(count < 0 for count in counts):
                 raise caller_error("segments-total")
         if heads is not None and len(heads) < len(counts):
             raise caller_error("heads-short")
@@ -157,9 +162,8 @@ class DriverQueue(Queue):
 
     def reap_batch(self, batch: Batch) -> int:
         """Reap up to ``batch.capacity`` used buffers into ``batch.heads`` and ``batch.lens``; returns the count."""
-        n = self.pop_used_into(batch.heads, batch.lens)
-        batch.count = n
-        return n
+        self._check()
+        return self._reap_into(batch.heads, batch.lens, batch)
 
     def _reserve(self, nseg: int) -> tuple[bool, int]:
         """The checks before a chain of ``nseg`` buffers takes descriptors: (indirect?, descriptors needed)."""
@@ -324,14 +328,23 @@ class DriverQueue(Queue):
         self._check()
         if len(lens) < len(heads):
             raise caller_error("lens-short")
+        return self._reap_into(heads, lens)
+
+    def _reap_into(self, heads: Any, lens: Any, batch: Batch | None = None) -> int:
+        """Reap into the arrays; ``batch.count`` says how many even when a malformed entry stops the loop (the
+        queue is broken then, and writes nothing more into the ring)."""
         n = 0
-        while n < len(heads):
-            got = self._reap_one()
-            if got is None:
-                break
-            heads[n], lens[n] = got
-            self._tokens[got[0]] = None
-            n += 1
+        try:
+            while n < len(heads):
+                got = self._reap_one()
+                if got is None:
+                    break
+                heads[n], lens[n] = got
+                self._tokens[got[0]] = None
+                n += 1
+        finally:
+            if batch is not None:
+                batch.count = n
         if n:
             self._after_reap()
         return n
@@ -364,3 +377,21 @@ class DriverQueue(Queue):
     def in_flight(self) -> int:
         """Chains added and not yet reaped."""
         return sum(self._inflight)
+
+
+_U64_MAX = (1 << 64) - 1
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _parse_buffers(seq: Sequence[tuple[int, int]], writable: bool) -> list[tuple[int, int, bool]]:
+    """(address, length) pairs as segments. An address or length no 64-bit argument holds is refused here, before
+    any check of the chain (the Cython twin cannot even store it)."""
+    segs = []
+    for addr, length in seq:
+        addr, length = int(addr), int(length)
+        if not 0 <= addr <= _U64_MAX:
+            raise caller_error("buffer-outside-memory", addr=addr, length=length)
+        if not _I64_MIN <= length <= _I64_MAX:
+            raise caller_error("buffer-length", length=length)
+        segs.append((addr, length, writable))
+    return segs
