@@ -2,6 +2,8 @@
 
 ``VRING_DEBUG=1`` builds a debug core: the C macro VRING_DEBUG turns on the assertions of ``vring/_cring/debug.h``
 (the queues' invariants, one caller per queue), with -O0 -g and C asserts kept.
+``VRING_FUZZ=1`` builds a core for coverage-guided fuzzing (``fuzz/README.md``): compiled by clang with libFuzzer's
+coverage instrumentation (``-fsanitize=fuzzer-no-link``) but not its runtime, which the fuzzing process preloads.
 """
 
 import os
@@ -15,6 +17,10 @@ debug = os.environ.get("VRING_DEBUG", "") not in ("", "0")
 compile_args = ["-O0", "-g", "-UNDEBUG"] if debug else ["-O3"]
 # The engine reads shared memory through differently typed pointers on purpose: no strict aliasing.
 compile_args += ["-fno-strict-aliasing", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"]
+if os.environ.get("VRING_FUZZ", "") not in ("", "0"):
+    os.environ.setdefault("CC", "clang")  # the instrumentation is clang's; setuptools reads CC and LDSHARED later
+    os.environ.setdefault("LDSHARED", "clang -shared")
+    compile_args += ["-fsanitize=fuzzer-no-link"]
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), ("VRING_CFLAGS", '"' + " ".join(compile_args) + '"')]
 if debug:
     macros.append(("VRING_DEBUG", "1"))
