@@ -83,8 +83,9 @@ class DriverProgram:
     def segments(self, count: int) -> list[tuple[int, int]]:
         out = []
         for _ in range(count):
-            if self.raw_args:
-                out.append((self.input.u64(), self.input.u32()))
+            if self.raw_args:  # a mode byte takes the numbers out of their C types too: negative, or past 64 bits
+                mode, addr, length = self.input.u8() % 4, self.input.u64(), self.input.u32()
+                out.append((-addr if mode == 1 else addr + (1 << 64) * (mode == 3), length + (1 << 32) * (mode == 2)))
             else:
                 addr = DATA + self.input.u16() % (DATA_END - DATA)
                 out.append((addr, self.input.u16() % (DATA_END - addr) + 1))
