@@ -7,6 +7,9 @@
 kept for the reports' stacks); a UB report aborts instead of going on, so a test run under it fails. The module then
 needs the ASan runtime loaded first: scripts/sanitize.sh builds it and runs the engine tests that way. Combined
 with ``VRING_DEBUG=1`` the debug build's -O0 and assertions are kept.
+
+``VRING_FUZZ=1`` builds a core for coverage-guided fuzzing (``fuzz/README.md``): compiled by clang with libFuzzer's
+coverage instrumentation (``-fsanitize=fuzzer-no-link``) but not its runtime, which the fuzzing process preloads.
 """
 
 import os
@@ -30,6 +33,10 @@ if sanitize:
     compile_args += sanitizer_args + ["-fno-omit-frame-pointer"]
 # The engine reads shared memory through differently typed pointers on purpose: no strict aliasing.
 compile_args += ["-fno-strict-aliasing", "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"]
+if switch("VRING_FUZZ"):
+    os.environ.setdefault("CC", "clang")  # the instrumentation is clang's; setuptools reads CC and LDSHARED later
+    os.environ.setdefault("LDSHARED", "clang -shared")
+    compile_args += ["-fsanitize=fuzzer-no-link"]
 macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), ("VRING_CFLAGS", '"' + " ".join(compile_args) + '"')]
 if debug:
     macros.append(("VRING_DEBUG", "1"))

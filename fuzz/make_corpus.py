@@ -1,0 +1,157 @@
+"""Write the seed corpora of the harnesses into ``fuzz/corpus/<harness>/``: a handful of small, meaningful inputs
+each (a valid chain, an indirect chain, a packed chain, a device that returns what it was given, a vhost-user
+session that sets up a ring...). The input formats are in each harness's docstring. Run from the repository:
+``python fuzz/make_corpus.py`` (it rewrites the seeds it owns and leaves other files alone)."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from vring import Feature, contiguous_bytes
+
+RING, TABLES, DATA = 0x1000, 0x2000, 0x8000  # as fuzz/guest.py lays out guest memory
+NEXT, WRITE, INDIRECT, AVAIL, USED = 1, 2, 4, 1 << 7, 1 << 15
+DESC = struct.Struct("<QIHH")
+TABLE_BYTES = 256
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def op(opcode: int, arg: int = 0, value: int = 0) -> bytes:
+    return struct.pack("<BBH", opcode, arg, value)
+
+
+def device_input(size_code: int, bits: int, ring: dict[int, bytes], table: bytes, ops: bytes, packed: bool) -> bytes:
+    """The device programs' input: header, ring area (``ring`` maps offsets to bytes), tables, operations."""
+    features = Feature.VERSION_1 | (Feature.RING_PACKED if packed else 0) | (
+        Feature.INDIRECT_DESC if bits & 1 else 0) | (Feature.EVENT_IDX if bits & 2 else 0)
+    area = bytearray(contiguous_bytes(features, 1 << size_code, align=4))
+    for offset, data in ring.items():
+        area[offset: offset + len(data)] = data
+    return bytes([size_code, bits, 0]) + bytes(area) + table.ljust(TABLE_BYTES, b"\0") + ops
+
+
+def split_avail(size: int, *heads: int) -> dict[int, bytes]:
+    """The avail ring of a split ring of ``size`` with ``heads`` published (flags, idx, ring)."""
+    return {16 * size: struct.pack("<HH", 0, len(heads)) + b"".join(struct.pack("<H", h) for h in heads)}
+
+
+SERVE = op(0) + op(3, 0, 64) + op(6)  # pop, push what the chain holds, ask whether to notify
+DEVICE_SPLIT = {
+    "one-writable": device_input(2, 0, {0: DESC.pack(DATA, 64, WRITE, 0), **split_avail(4, 0)}, b"", SERVE, False),
+    "read-then-write": device_input(2, 2, {0: DESC.pack(DATA, 16, NEXT, 1) + DESC.pack(DATA + 16, 64, WRITE, 0),
+                                           **split_avail(4, 0)}, b"", op(1, 3) + op(4, 0, 64) + op(6), False),
+    "indirect": device_input(2, 1, {0: DESC.pack(TABLES, 32, INDIRECT, 0), **split_avail(4, 0)},
+                             DESC.pack(DATA, 16, NEXT, 1) + DESC.pack(DATA + 16, 64, WRITE, 0),
+                             op(2, 1, 15) + op(5, 0, 64) + op(6), False),
+    "cross-region": device_input(1, 0, {0: DESC.pack(DATA + 0x7F0, 32, WRITE, 0), **split_avail(2, 0)}, b"",
+                                 op(0) + op(3, 0, 32) + op(9, 0) + op(0) + op(10), False),
+    "loop": device_input(1, 0, {0: DESC.pack(DATA, 8, NEXT, 1) + DESC.pack(DATA, 8, NEXT, 0),
+                                **split_avail(2, 0)}, b"", op(0) + op(10) + op(12), False),
+}
+
+
+def packed_desc(slot: int, addr: int, length: int, ident: int, flags: int) -> dict[int, bytes]:
+    return {16 * slot: DESC.pack(addr, length, ident, flags | AVAIL)}
+
+
+DEVICE_PACKED = {
+    "one-writable": device_input(2, 0, packed_desc(0, DATA, 64, 0, WRITE), b"", SERVE, True),
+    "chain": device_input(2, 2, {**packed_desc(0, DATA, 16, 1, NEXT), **packed_desc(1, DATA + 16, 64, 1, WRITE)},
+                          b"", op(1, 3) + op(4, 0, 64) + op(6) + op(7, 1), True),
+    "indirect": device_input(2, 1, packed_desc(0, TABLES, 32, 0, INDIRECT),
+                             DESC.pack(DATA, 16, 0, 0) + DESC.pack(DATA + 16, 64, 0, WRITE),
+                             op(2, 1, 15) + op(5, 0, 64) + op(6), True),
+    "wrap": device_input(0, 0, packed_desc(0, DATA, 8, 0, WRITE), b"",
+                         SERVE + op(9, 0x00, WRITE) + op(0) + op(3, 0, 8), True),
+}
+
+
+def driver_add(out: list[tuple[int, int]], in_: list[tuple[int, int]]) -> bytes:
+    data = op(0, len(out) | len(in_) << 2)
+    for addr, length in out + in_:
+        data += struct.pack("<HH", addr - DATA, length - 1)
+    return data
+
+
+def used_split(position: int, ident: int, written: int) -> bytes:
+    return op(3, position, ident) + struct.pack("<I", written)
+
+
+def used_packed(slot: int, ident: int, written: int, flags: int) -> bytes:
+    return op(3, slot, ident) + struct.pack("<IH", written, flags)
+
+
+ROUND_TRIP = driver_add([(DATA, 16)], [(DATA + 16, 64)]) + op(2)
+DRIVER = {  # first byte: 0 split, 1 packed
+    "split-round-trip": b"\0" + bytes([2, 0, 0]) + ROUND_TRIP + used_split(0, 0, 64) + op(4, 0, 1) + op(6),
+    "split-indirect-batch": b"\0" + bytes([2, 1, 3]) + op(1, 1, 1) + struct.pack("<HHHH", 0, 15, 16, 63) + op(2)
+    + used_split(0, 0, 8) + used_split(1, 1, 8) + op(4, 0, 2) + op(8, 3),
+    "packed-round-trip": b"\1" + bytes([2, 0, 0]) + ROUND_TRIP + used_packed(0, 0, 64, AVAIL | USED | WRITE)
+    + op(7, 1),
+    "packed-in-order": b"\1" + bytes([2, 4, 0]) + ROUND_TRIP + ROUND_TRIP + used_packed(0, 1, 64, AVAIL | USED)
+    + op(7, 1) + op(11),
+    "split-too-long": b"\0" + bytes([2, 2, 0]) + used_split(0, 0, 64) + op(4, 0, 1) + op(6),
+}
+
+TWINS = {f"device-split-{k}": b"\0" + v for k, v in DEVICE_SPLIT.items()}
+TWINS.update({f"device-packed-{k}": b"\1" + v for k, v in DEVICE_PACKED.items()})
+TWINS.update({f"driver-{k}": bytes([2 + v[0]]) + v[1:] for k, v in DRIVER.items()})
+
+
+def blk_request(rtype: int, sector: int, data: bytes, lengths: list[int], first_writable: int) -> bytes:
+    header = struct.pack("<IIQ", rtype, 0, sector)
+    return (bytes([len(lengths) - 1, first_writable]) + b"".join(struct.pack("<H", n - 1) for n in lengths)
+            + header + data)
+
+
+BLK = {
+    "write": blk_request(1, 1, b"\x42" * 512, [16, 512, 1], 2),
+    "read": blk_request(0, 2, b"", [16, 512, 1], 1),
+    "get-id": blk_request(8, 0, b"", [16, 20, 1], 1),
+    "flush": blk_request(4, 0, b"", [16, 1], 1),
+    "discard": blk_request(11, 3, struct.pack("<QII", 3, 2, 0), [32, 1], 1),
+    "write-zeroes-split-header": blk_request(13, 0, struct.pack("<QII", 0, 1, 1), [8, 24, 1], 2),
+    "short-header": blk_request(1, 0, b"", [8, 1], 1),
+    "no-status": blk_request(0, 0, b"", [16], 1),
+}
+
+
+def message(request: int, payload: bytes = b"", fds: int = 0, flags: int = 0) -> bytes:
+    return bytes([request, flags, fds, len(payload)]) + payload
+
+
+UADDR = 0x7F0000000000
+SET_UP_RING = (message(1) + message(2, struct.pack("<Q", 1 << 32 | 1 << 30)) + message(3)
+               + message(15) + message(16, struct.pack("<Q", 1 | 1 << 3))
+               + message(5, struct.pack("<II", 1, 0) + struct.pack("<QQQQ", 0, 1 << 16, UADDR, 0), fds=1)
+               + message(8, struct.pack("<II", 0, 8))
+               + message(9, struct.pack("<IIQQQQ", 0, 0, UADDR, UADDR + 0x200, UADDR + 0x100, 0))
+               + message(10, struct.pack("<II", 0, 0))
+               + message(12, struct.pack("<Q", 0), fds=2) + message(13, struct.pack("<Q", 0), fds=2)
+               + message(18, struct.pack("<II", 0, 1)) + message(255) + message(11, struct.pack("<II", 0, 0)))
+VHOST_USER = {
+    "get-features": message(1),
+    "negotiate": message(1) + message(2, struct.pack("<Q", 1 << 32)) + message(3) + message(17, flags=1),
+    "set-up-ring": SET_UP_RING,
+    "config": message(15) + message(16, struct.pack("<Q", 1 << 9)) + message(24, struct.pack("<III", 0, 8, 0)),
+    "mem-slots": message(36) + message(37, struct.pack("<QQQQQ", 0, 0, 1 << 16, UADDR, 0), fds=1)
+    + message(38, struct.pack("<QQQQQ", 0, 0, 1 << 16, UADDR, 0)),
+    "pipe-as-kick": message(12, struct.pack("<Q", 0), fds=4) + message(255),
+}
+
+CORPORA = {"device_split": DEVICE_SPLIT, "device_packed": DEVICE_PACKED, "driver": DRIVER, "twins": TWINS,
+           "blk_request": BLK, "vhost_user": VHOST_USER}
+
+
+def main() -> None:
+    for harness, seeds in CORPORA.items():
+        folder = os.path.join(HERE, "corpus", harness)
+        os.makedirs(folder, exist_ok=True)
+        for name, data in seeds.items():
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(data)
+
+
+if __name__ == "__main__":
+    main()

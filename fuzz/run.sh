@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing of vring with atheris (fuzz/README.md): builds what it needs, then runs each harness
+# for FUZZ_SECONDS (default 60) and prints its executions and coverage; any crash fails the run.
+#
+#   bash fuzz/run.sh                                  # every harness for a minute (what CI runs)
+#   FUZZ_SECONDS=3600 bash fuzz/run.sh device_split   # a longer local run of one harness (or several)
+#
+# Set-up, each step skipped when already done: clang and libFuzzer from Debian (scripts/install-fuzz-deps.sh),
+# a virtual environment in fuzz/.venv with atheris, libFuzzer's no-main runtime as a shared library in
+# fuzz/runtime/ (preloaded into the harnesses so that atheris sees the C core's coverage), and vring built from a
+# copy of this checkout with VRING_FUZZ=1 (clang, -fsanitize=fuzzer-no-link) into that environment.
+# Each harness grows its corpus in fuzz/work/corpus/<name> from the seeds in fuzz/corpus/<name>; crashing
+# inputs go to fuzz/crashes/<name>-crash-*; the full log of a run is fuzz/work/<name>.log.
+# FUZZ_TWINS=c|py|both picks the twin of the single-twin harnesses (default c, the Cython core).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_EACH=${FUZZ_SECONDS:-60}
+HARNESSES=("$@")
+if [ ${#HARNESSES[@]} -eq 0 ]; then
+    HARNESSES=(device_split device_packed driver twins blk_request vhost_user)
+fi
+PYTHON=${PYTHON:-python3}
+VENV=fuzz/.venv
+
+bash scripts/install-fuzz-deps.sh
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+
+# libFuzzer without its main(), as one shared object: preloaded, it gives the instrumented core its callbacks.
+runtime=fuzz/runtime/libfuzzer_no_main.so
+if [ ! -f "$runtime" ]; then
+    mkdir -p fuzz/runtime
+    archive=$(clang -print-file-name=libclang_rt.fuzzer_no_main-x86_64.a)
+    clang -shared -o "$runtime" -Wl,--whole-archive "$archive" -Wl,--no-whole-archive -lstdc++ -lpthread -lm
+fi
+
+# vring from a copy of the tracked files, so that the instrumented objects never mix with a normal build's.
+stamp=$(git ls-files -- vring setup.py pyproject.toml | xargs cat | sha256sum)
+if [ "$(cat "$VENV/.vring-fuzz-stamp" 2>/dev/null)" != "$stamp" ]; then
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet numpy cython "setuptools>=77" wheel
+    rm -rf fuzz/work/src
+    mkdir -p fuzz/work/src
+    git ls-files -- vring setup.py pyproject.toml README.md LICENSE MANIFEST.in | tar -cf - -T - | tar -xf - -C fuzz/work/src
+    VRING_FUZZ=1 "$VENV/bin/python" -m pip install --quiet --no-build-isolation --force-reinstall \
+        "./fuzz/work/src[fuzz]"
+    echo "$stamp" > "$VENV/.vring-fuzz-stamp"
+fi
+
+mkdir -p fuzz/crashes fuzz/work/corpus
+failed=()
+for name in "${HARNESSES[@]}"; do
+    corpus=fuzz/work/corpus/$name
+    mkdir -p "$corpus"
+    log=fuzz/work/$name.log
+    echo "--- fuzz $name: ${SECONDS_EACH} s"
+    status=0
+    # -timeout: one input running longer than that is a hang (a crash); the harness bounds each call far lower.
+    LD_PRELOAD="$PWD/$runtime" "$VENV/bin/python" "fuzz/fuzz_$name.py" -max_total_time="$SECONDS_EACH" \
+        -timeout=60 -print_final_stats=1 -artifact_prefix="fuzz/crashes/$name-" "$corpus" "fuzz/corpus/$name" \
+        >"$log" 2>&1 || status=$?
+    done_line=$(grep -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE|INITED)' "$log" | tail -1 || true)
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+    cov=$(sed -n 's/.* cov: \([0-9]*\) ft: \([0-9]*\) corp: \([^ ]*\) .*/cov \1, features \2, corpus \3/p' \
+        <<<"$done_line")
+    if [ "$status" -ne 0 ]; then
+        echo "fuzz $name: FAILED (exit $status) after ${execs:-?} executions; ${cov:-no coverage line}"
+        grep -E -A12 '=== Uncaught Python exception|ERROR: libFuzzer|Test unit written' "$log" | head -40 || true
+        failed+=("$name")
+    else
+        echo "fuzz $name: ${execs:-?} executions in ${SECONDS_EACH} s; ${cov:-no coverage line}"
+    fi
+done
+
+if [ ${#failed[@]} -ne 0 ]; then
+    echo "fuzz: ${#failed[@]} harness(es) failed: ${failed[*]} (inputs in fuzz/crashes/)"
+    exit 1
+fi
+echo "fuzz: ${#HARNESSES[@]} harnesses ran clean"
