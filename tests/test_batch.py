@@ -154,3 +154,16 @@ def test_batch_arguments(twin):
         batch.segments(0)
     with pytest.raises(ValueError):
         batch.set_chains(BLK, 6)
+
+
+@pytest.mark.parametrize("segment, error", [
+    ((-1, 8, False), r"addresses\[0\] = -1 does not fit uint64"),
+    ((1 << 64, 8, False), r"addresses\[0\] = 18446744073709551616 does not fit uint64"),
+    ((0x1000, 1 << 32, True), r"lengths\[0\] = 4294967296 does not fit uint32"),
+    ((0x1000, -8, True), r"lengths\[0\] = -8 does not fit uint32"),
+])
+def test_set_chains_refuses_what_the_arrays_cannot_hold(twin, segment, error):
+    batch = twin.Batch(4, 8)
+    with pytest.raises(ValueError, match=error):
+        batch.set_chains([segment], 2)
+    assert not batch.nsegs.any()  # nothing was written

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import caller_error
+from ._errors import caller_error, check_fits
 
 
 def batch_arrays(capacity: int, max_segments: int | None) -> tuple[int, int, tuple[np.ndarray, ...]]:
@@ -39,6 +39,8 @@ class BatchMethods:
         per = len(segments)
         if count > self.capacity or count * per > self.max_segments:
             raise caller_error("batch-set-chains", count=count, per=per)
+        check_fits("addresses", [int(addr) for addr, _, _ in segments], "uint64")  # what the arrays hold
+        check_fits("lengths", [int(length) for _, length, _ in segments], "uint32")
         for k, (addr, length, writable) in enumerate(segments):
             self.seg_addr[k: count * per: per] = addr
             self.seg_len[k: count * per: per] = length

@@ -309,7 +309,8 @@ def caller_error(check: str, **values: object) -> Exception:
 
 # The C types of the engine's array arguments: a value outside one is refused when the arguments are read, before
 # any other check, by both twins alike.
-C_INT_RANGES = {"uint64": (0, (1 << 64) - 1), "int64": (-(1 << 63), (1 << 63) - 1)}
+C_INT_RANGES = {"uint64": (0, (1 << 64) - 1), "int64": (-(1 << 63), (1 << 63) - 1),
+                "uint32": (0, (1 << 32) - 1)}
 
 
 def check_fits(name: str, values: list[int], ctype: str) -> None:
