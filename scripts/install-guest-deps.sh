@@ -8,27 +8,4 @@ set -euo pipefail
 packages=(qemu-system-x86 qemu-system-common qemu-utils linux-image-amd64 busybox-static
           dpdk-dev librte-net-vhost23 librte-mempool-ring23)
 
-missing=()
-for pkg in "${packages[@]}"; do
-    # dpkg -s also succeeds for a package removed but not purged: require it to be installed.
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
-        missing+=("$pkg")
-    fi
-done
-if [ ${#missing[@]} -eq 0 ]; then
-    exit 0
-fi
-
-if [ "$(id -u)" -eq 0 ]; then
-    as_root=()
-elif command -v sudo >/dev/null; then
-    as_root=(sudo -n)  # -n: fail rather than prompt, since there may be no terminal
-else
-    echo "install-guest-deps: need root (or sudo) to install: ${missing[*]}" >&2
-    exit 1
-fi
-
-echo "install-guest-deps: installing ${missing[*]}"
-"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q </dev/null
-"${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -q --no-install-recommends "${missing[@]}" </dev/null
+INSTALL_WHO=install-guest-deps exec bash "$(dirname "$0")/install-debian-packages.sh" "${packages[@]}"

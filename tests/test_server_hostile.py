@@ -30,6 +30,7 @@ from vring.vhost_user.protocol import (
 )
 
 from support.backends import PACKAGE_ROOT, vring_blk
+from support.raw import closed_by_server, raw_client
 
 RING = 64  # the size of every ring set up by raw messages here
 UVA = 0x7000_0000  # the user address the raw front-ends give their one memory region (guest-physical 0)
@@ -38,18 +39,6 @@ SATURATED = 0xFFFF_FFFF_FFFF_FFFE  # an eventfd counter at its maximum: one more
 
 
 # -- raw front-ends ------------------------------------------------------------------------------------------
-def raw_client(path: Path, timeout: float = 5.0) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(str(path))  # blocking: waits for room in a full listen backlog (a timeout would make it EAGAIN)
-    s.settimeout(timeout)
-    return s
-
-
-def closed_by_server(s: socket.socket) -> bool:
-    try:
-        return s.recv(64) == b""
-    except ConnectionResetError:
-        return True
 
 
 def answer(s: socket.socket, timeout: float = 5.0) -> str:

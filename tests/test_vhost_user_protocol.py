@@ -19,6 +19,7 @@ from vring.vhost_user.protocol import (
 )
 
 from support.backends import vring_blk
+from support.raw import closed_by_server, raw_client
 
 
 @pytest.fixture
@@ -30,18 +31,6 @@ def server(tmp_path: Path):
         yield sock, image, proc
 
 
-def raw_client(sock: Path) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(str(sock))
-    s.settimeout(5)
-    return s
-
-
-def closed_by_server(s: socket.socket) -> bool:
-    try:
-        return s.recv(64) == b""
-    except ConnectionResetError:
-        return True
 
 
 def memfd(size: int = 1 << 20) -> int:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import errno
 import select
 import socket
-import time
 from typing import Sequence
 
 from ..vhost_user.protocol import (
     F_PROTOCOL_FEATURES, FLAG_NEED_REPLY, FLAG_REPLY, HEADER, REPLYING, U64, VERSION, PeerClosed, ProtocolError,
-    ProtocolFeature, Request, recv_message, send_message,
+    ProtocolFeature, Request, connect, recv_message, send_message,
 )
 
 # What we ask for when offered: REPLY_ACK makes every refusal visible; MQ and CONFIG as QEMU would. Memory goes
@@ -45,19 +44,10 @@ class Wire:
     def connect(self) -> "Wire":
         """Connect, retrying for up to the timeout while the socket is missing or refuses (a back-end that is
         starting, or restarting its listener)."""
-        deadline = time.monotonic() + self.timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(self.path)
-                break
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                sock.close()
-                if time.monotonic() > deadline:
-                    raise Closed(f"cannot connect to {self.path}: {exc.strerror}") from None
-                time.sleep(0.05)
-        sock.settimeout(self.timeout)
-        self.sock = sock
+        try:
+            self.sock = connect(self.path, self.timeout)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise Closed(f"cannot connect to {self.path}: {exc.strerror}") from None
         return self
 
     def close(self) -> None:

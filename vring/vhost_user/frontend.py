@@ -27,8 +27,8 @@ from .._layout import RingLayout
 from ..notify import RingError, wait_for_used
 from .protocol import (
     CONFIG_HEAD, F_PROTOCOL_FEATURES, FLAG_NEED_REPLY, FLAG_REPLY, MEM_REGION, MEM_TABLE_HEAD, REPLYING, U64,
-    VERSION, VRING_ADDR, VRING_STATE, ProtocolError, ProtocolFeature, Request, decode_ring_base, encode_ring_base,
-    recv_message, send_message,
+    VERSION, VRING_ADDR, VRING_STATE, ProtocolError, ProtocolFeature, Request, connect, decode_ring_base,
+    encode_ring_base, recv_message, send_message,
 )
 
 log = logging.getLogger("vring.vhost_user.frontend")
@@ -107,19 +107,10 @@ class Frontend:
 
     # -- connection ----------------------------------------------------------------------------------------
     def connect(self) -> "Frontend":
-        deadline = time.monotonic() + self.timeout
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.connect(self.path)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                sock.close()
-                if time.monotonic() > deadline:
-                    raise BackendError(f"no back-end listening on {self.path} after {self.timeout} s") from None
-                time.sleep(0.05)
-        sock.settimeout(self.timeout)
-        self.sock = sock
+        try:
+            self.sock = connect(self.path, self.timeout)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise BackendError(f"no back-end listening on {self.path} after {self.timeout} s") from None
         return self
 
     def close(self) -> None:

@@ -10,6 +10,7 @@ import enum
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -166,6 +167,25 @@ class Message:
             except OSError:
                 pass
         self.fds = []
+
+
+def connect(path: str, timeout: float) -> socket.socket:
+    """A connection to the back-end listening on ``path``, retrying for up to ``timeout`` seconds while the socket
+    is missing or refuses (a back-end that is starting, or restarting its listener); the last OSError after that.
+    The socket has ``timeout`` set for what follows."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        else:
+            sock.settimeout(timeout)
+            return sock
 
 
 def _recv_exact(sock: socket.socket, n: int, fds: list[int]) -> bytes:
