@@ -20,7 +20,7 @@ from guest import DATA, DATA_END, RING, CanaryMemory, HarnessFailure, Input, tim
 
 from vring import Feature, contiguous_layout, create_device_queue
 
-with harness.atheris.instrument_imports(include=["vring"]):
+with harness.instrumented():
     from vring.devices import blk
 
 SECTORS = 16

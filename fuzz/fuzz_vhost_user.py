@@ -19,7 +19,7 @@ import time
 import harness
 from guest import HarnessFailure, Input
 
-with harness.atheris.instrument_imports(include=["vring"]):
+with harness.instrumented():
     from vring.devices.rng import RngDevice
     from vring.vhost_user.protocol import HEADER, VERSION, Request, send_message
     from vring.vhost_user.server import VhostUserBackend

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The engine tests, both twins, against a core built under AddressSanitizer + UndefinedBehaviorSanitizer
-# (setup.py's VRING_SANITIZE=1). The core is built in place in a temporary copy of the source, so the checkout and
-# .venv keep their normal build; the tests run on .venv's Python with that copy first on the path. Any sanitizer
-# report fails the run, from the test process or from a process it starts that writes to the same standard error
-# (as the two-process test's peer does). Extra arguments go to pytest.
+# The engine tests and the fuzz corpora, both twins, against a core built under AddressSanitizer and
+# UndefinedBehaviorSanitizer (setup.py's VRING_SANITIZE=1). The core is built in place in a temporary copy of the
+# source, so the checkout and .venv keep their normal build; the tests run on .venv's Python with that copy first
+# on the path. Any sanitizer report fails the run, from the test process or from a process it starts that writes
+# to the same standard error (as the two-process test's peer does). Extra arguments go to pytest.
 # The interpreter itself is not instrumented: what is checked is the core's code, and (PYTHONMALLOC=malloc) the
 # bounds of the heap blocks it reaches, such as a bytearray's buffer.
 set -euo pipefail
@@ -20,8 +20,9 @@ fi
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-tar -c --exclude='*.so' --exclude=__pycache__ --exclude=_cring.c --exclude='*.html' \
-    setup.py pyproject.toml README.md vring tests | tar -x -C "$work"
+tar -c --exclude='*.so' --exclude=__pycache__ --exclude=_cring.c --exclude='*.html' --exclude=fuzz/.venv \
+    --exclude=fuzz/runtime --exclude=fuzz/crashes --exclude=fuzz/work/src setup.py pyproject.toml README.md vring tests fuzz \
+    | tar -x -C "$work"
 (cd "$work" && VRING_SANITIZE=1 "$python" setup.py --quiet build_ext --inplace)
 
 export LD_PRELOAD=$asan_runtime PYTHONPATH=$work
@@ -47,6 +48,15 @@ set +e
 "$python" -m pytest -p no:cacheprovider --capture=sys test_engine.py test_packed.py test_validation.py \
     test_batch.py test_memory.py test_differential.py test_two_process.py "$@" 2>&1 | tee "$work/log"
 status=${PIPESTATUS[0]}
+# The fuzz corpora too: the seeds in the repository and what fuzz/run.sh grew (if it ran), on both twins.
+for harness in "$work"/fuzz/fuzz_*.py; do
+    name=$(basename "$harness" .py); name=${name#fuzz_}
+    corpora=("$work/fuzz/corpus/$name")
+    [ -d "$work/fuzz/work/corpus/$name" ] && corpora+=("$work/fuzz/work/corpus/$name")
+    (cd "$work/fuzz" && VRING_FUZZ_REPLAY=1 VRING_FUZZ_TWINS=both "$python" "$harness" "${corpora[@]}") 2>&1 \
+        | tee -a "$work/log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+done
 set -e
 if grep -q -E '==[0-9]+==ERROR: AddressSanitizer|: runtime error: ' "$work/log"; then
     echo "sanitize.sh: a sanitizer report (above) fails the run" >&2
