@@ -4,6 +4,7 @@ usage errors, and Ctrl-C in `vring bench` (parent and forked child) printing wha
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -116,3 +117,22 @@ def test_ctrl_c_in_the_two_process_benchmark_stops_parent_and_child_quietly():
     assert "Traceback" not in err
     assert "interrupted in the two-process benchmark" in err
     assert default_plan(quick=True)[-1].name in out
+
+
+def test_log_lines_as_json(tmp_path):
+    image = tmp_path / "disk.img"
+    image.write_bytes(bytes(1 << 20))
+    sock = tmp_path / "s.sock"
+    proc = vring_popen("serve", "blk", str(image), "--socket", str(sock), "-v", "--log-format", "json",
+                       stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(r["message"] == f"listening on {sock}" and r["level"] == "INFO" for r in records), err
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)

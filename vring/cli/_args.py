@@ -4,6 +4,7 @@ command raises to end with one line, the check that an output path can be writte
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -64,10 +65,26 @@ def add_verbosity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log lines on stderr (-v: what happens, -vv: every message)")
     parser.add_argument("-q", "--quiet", action="store_true", help="errors only: no progress, no log lines")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="log lines as text (default) or as one JSON object each, for a log collector")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log record: time, level, logger, message (and the exception, if any)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                 "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
 
 
 def setup_logging(args: argparse.Namespace) -> None:
-    """Log to stderr at the level -v/-q ask for (warnings by default)."""
+    """Log to stderr at the level -v/-q ask for (warnings by default), as text or JSON lines."""
     level = (logging.ERROR if args.quiet else logging.DEBUG if args.verbose > 1 else
              logging.INFO if args.verbose else logging.WARNING)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if args.log_format == "json" else
+                         logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
