@@ -117,6 +117,7 @@ def test_ctrl_c_in_the_two_process_benchmark_stops_parent_and_child_quietly():
     assert "Traceback" not in err
     assert "interrupted in the two-process benchmark" in err
     assert default_plan(quick=True)[-1].name in out
+    assert re.search(r"^poll +no copy +[\d,]+ ", out, re.M), out  # the first two-process case had finished
 
 
 def test_log_lines_as_json(tmp_path):

@@ -155,8 +155,11 @@ def run_one(mode: str, copy: bool, seconds: float, impl_name: str = "cython") ->
     return TwoProcessResult(mode, copy, done, elapsed, done / elapsed, elapsed * 1e9 / max(done, 1), impl_name)
 
 
-def run_all(seconds: float, progress: Callable[[str], None]) -> list[TwoProcessResult]:
-    out = []
+def run_all(seconds: float, progress: Callable[[str], None],
+            out: list[TwoProcessResult] | None = None) -> list[TwoProcessResult]:
+    """Every case, each result appended to ``out`` (a new list if None) as it finishes, so that a caller whose
+    run is interrupted keeps the cases that finished."""
+    out = [] if out is None else out
     cases = [(m, c) for m in ("poll", "eventfd") for c in (False, True)]
     for i, (mode, copy) in enumerate(cases, 1):
         progress(f"[two-process {i}/{len(cases)}] {mode}, {'4 KiB copy' if copy else 'no copy'}")

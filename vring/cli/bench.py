@@ -74,13 +74,16 @@ def run(args: argparse.Namespace) -> int:
             if interrupted():
                 raise KeyboardInterrupt
         if not args.no_two_process:
-            two = twoproc.run_all(0.4 if quick else 1.5, report)
+            twoproc.run_all(0.4 if quick else 1.5, report, two)
             if interrupted():
                 raise KeyboardInterrupt
     except KeyboardInterrupt:
         progress.clear()
         if results:
             print(format_table(results, ratios(results)))
+        if two:
+            print()
+            print(twoproc.format_table(two))
         where = ("in the two-process benchmark" if len(results) == len(plan)
                  else f"after {len(results)} of {len(plan)} cases")
         print(f"vring bench: interrupted {where}; no file written", file=sys.stderr)
