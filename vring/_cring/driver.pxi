@@ -1,5 +1,5 @@
-# The driver's end of a queue as Python sees it: DriverQueue (split) and PackedDriverQueue, over the generic C
-# operations of dispatch.pxi.
+# The driver's end of a queue as Python sees it: DriverQueue, over the generic C operations of dispatch.pxi (the
+# packed subclass, PackedDriverQueue, is in packed_queues.pxi).
 
 cdef class DriverQueue:
     """The driver's end of a split virtqueue (what a guest kernel does). Trusts nothing the device writes.
@@ -488,38 +488,3 @@ cdef class DriverQueue:
             return drv_enable_interrupts(&self.q)
         finally:
             drv_exit(&self.q)
-
-
-cdef class PackedDriverQueue(DriverQueue):
-    """The driver's end of a packed virtqueue. Same methods and the same one-caller rule as DriverQueue; heads
-    are buffer ids."""
-
-    def __dealloc__(self):
-        free(self.q.packed_ring.order)
-        free(self.q.packed_ring.skip_id)
-        free(self.q.packed_ring.skip_len)
-
-    def __init__(self, GuestMemory mem, layout, features=0, *, indirect_area=None, indirect_max=16,
-                 indirect_threshold=2):
-        if not isinstance(layout, PackedLayout):
-            raise caller_error("layout-kind", kind="packed", layout="PackedLayout", given=type(layout).__name__)
-        self.q.packed = True
-        self.q.packed_ring.in_order = bool(features & Feature.IN_ORDER)
-        n = layout.size
-        self.q.packed_ring.order = <uint16_t *>malloc(n * sizeof(uint16_t))
-        self.q.packed_ring.skip_id = <uint16_t *>malloc(n * sizeof(uint16_t))
-        self.q.packed_ring.skip_len = <uint32_t *>malloc(n * sizeof(uint32_t))
-        if (self.q.packed_ring.order == NULL or self.q.packed_ring.skip_id == NULL
-                or self.q.packed_ring.skip_len == NULL):
-            raise MemoryError()
-        self._setup(mem, layout, features, indirect_area, indirect_max, indirect_threshold)
-
-    @property
-    def avail_wrap(self):
-        """The driver's wrap counter (spec 2.8.1) for the next descriptor it makes available: 0 or 1."""
-        return self.q.packed_ring.avail_wrap
-
-    @property
-    def used_wrap(self):
-        """The device's wrap counter (spec 2.8.1) the driver expects on the next used descriptor: 0 or 1."""
-        return self.q.packed_ring.used_wrap

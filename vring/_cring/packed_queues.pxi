@@ -1,0 +1,84 @@
+# The packed queues as Python sees them: the device's and the driver's classes over the packed layout. They keep
+# every method of DeviceQueue and DriverQueue (device.pxi, driver.pxi), whose generic operations dispatch.pxi
+# sends to packed_device.pxi and packed_driver.pxi; here are only what a packed ring adds: its per-id tables, the
+# layout it takes, and its wrap counters.
+
+cdef class PackedDeviceQueue(DeviceQueue):
+    """The device's end of a packed virtqueue. Same methods and the same one-caller rule as DeviceQueue;
+    ``head`` is the buffer id."""
+
+    def __dealloc__(self):
+        free(self.q.packed_ring.ndesc)
+
+    def __init__(self, GuestMemory mem, layout, features=0, *, max_indirect=DEFAULT_MAX_INDIRECT):
+        if not isinstance(layout, PackedLayout):
+            raise caller_error("layout-kind", kind="packed", layout="PackedLayout", given=type(layout).__name__)
+        self.q.packed = True
+        self.q.packed_ring.ndesc = <uint16_t *>malloc(layout.size * sizeof(uint16_t))
+        if self.q.packed_ring.ndesc == NULL:
+            raise MemoryError()
+        self._setup(mem, layout, features, max_indirect)
+
+    @property
+    def state(self):
+        return QueueState(self.q.last_avail, self.q.used_idx, self.q.packed_ring.avail_wrap,
+                          self.q.packed_ring.used_wrap)
+
+    @property
+    def avail_wrap(self):
+        """The driver's wrap counter (spec 2.8.1) the device expects on the next available descriptor: 0 or 1."""
+        return self.q.packed_ring.avail_wrap
+
+    @property
+    def used_wrap(self):
+        """The device's wrap counter (spec 2.8.1) for the next used descriptor it writes: 0 or 1."""
+        return self.q.packed_ring.used_wrap
+
+    cdef int _restore_indices(self, state) except -1:
+        # Packed indices are ring slots, each with its lap's wrap counter; a used_idx of None means "where the
+        # driver's next chain starts".
+        size = self.q.size
+        if not 0 <= state.last_avail_idx < size or state.used_idx is not None and not 0 <= state.used_idx < size:
+            raise caller_error("state-range", state=tuple(state), size=size)
+        self.q.last_avail = state.last_avail_idx
+        self.q.packed_ring.avail_wrap = int(state.avail_wrap) & 1
+        if state.used_idx is None:
+            self.q.used_idx, self.q.packed_ring.used_wrap = self.q.last_avail, self.q.packed_ring.avail_wrap
+        else:
+            self.q.used_idx, self.q.packed_ring.used_wrap = state.used_idx, int(state.used_wrap) & 1
+        return 0
+
+
+cdef class PackedDriverQueue(DriverQueue):
+    """The driver's end of a packed virtqueue. Same methods and the same one-caller rule as DriverQueue; heads
+    are buffer ids."""
+
+    def __dealloc__(self):
+        free(self.q.packed_ring.order)
+        free(self.q.packed_ring.skip_id)
+        free(self.q.packed_ring.skip_len)
+
+    def __init__(self, GuestMemory mem, layout, features=0, *, indirect_area=None, indirect_max=16,
+                 indirect_threshold=2):
+        if not isinstance(layout, PackedLayout):
+            raise caller_error("layout-kind", kind="packed", layout="PackedLayout", given=type(layout).__name__)
+        self.q.packed = True
+        self.q.packed_ring.in_order = bool(features & Feature.IN_ORDER)
+        n = layout.size
+        self.q.packed_ring.order = <uint16_t *>malloc(n * sizeof(uint16_t))
+        self.q.packed_ring.skip_id = <uint16_t *>malloc(n * sizeof(uint16_t))
+        self.q.packed_ring.skip_len = <uint32_t *>malloc(n * sizeof(uint32_t))
+        if (self.q.packed_ring.order == NULL or self.q.packed_ring.skip_id == NULL
+                or self.q.packed_ring.skip_len == NULL):
+            raise MemoryError()
+        self._setup(mem, layout, features, indirect_area, indirect_max, indirect_threshold)
+
+    @property
+    def avail_wrap(self):
+        """The driver's wrap counter (spec 2.8.1) for the next descriptor it makes available: 0 or 1."""
+        return self.q.packed_ring.avail_wrap
+
+    @property
+    def used_wrap(self):
+        """The device's wrap counter (spec 2.8.1) the driver expects on the next used descriptor: 0 or 1."""
+        return self.q.packed_ring.used_wrap
