@@ -29,7 +29,7 @@ from vring.vhost_user.protocol import (
     CONFIG_HEAD, HEADER, MEM_REGION, MEM_TABLE_HEAD, U64, VRING_ADDR, VRING_STATE, Request, send_message,
 )
 
-from support.backends import PACKAGE_ROOT, vring_blk
+from support.backends import PACKAGE_ROOT, log_has, vring_blk
 from support.raw import closed_by_server, raw_client
 
 RING = 64  # the size of every ring set up by raw messages here
@@ -93,15 +93,6 @@ def server(tmp_path: Path):
     with vring_blk(image, sock) as proc:
         yield sock, image, proc
 
-
-def log_has(sock: Path, text: str, timeout: float = 5.0) -> bool:
-    log = sock.with_suffix(".log")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in log.read_text():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def fd_count(pid: int) -> int:

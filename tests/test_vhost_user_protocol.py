@@ -7,7 +7,6 @@ import os
 import select
 import socket
 import struct
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from vring.vhost_user.protocol import (
     CONFIG_HEAD, HEADER, MEM_REGION, MEM_TABLE_HEAD, U64, VRING_ADDR, VRING_STATE, Request, send_message,
 )
 
-from support.backends import vring_blk
+from support.backends import log_has, vring_blk
 from support.raw import closed_by_server, raw_client
 
 
@@ -38,15 +37,6 @@ def memfd(size: int = 1 << 20) -> int:
     os.ftruncate(fd, size)
     return fd
 
-
-def log_has(sock: Path, text: str, timeout: float = 5.0) -> bool:
-    log = sock.with_suffix(".log")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in log.read_text():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def region(gpa: int, size: int, uva: int) -> bytes:

@@ -95,3 +95,14 @@ def qsd_blk(image: Path, sock: Path, *, queues: int = 1, read_only: bool = False
 
 
 BACKENDS = {"vring": vring_blk, "qsd": qsd_blk}
+
+
+def log_has(sock: Path, text: str, timeout: float = 5.0) -> bool:
+    """Whether the log vring_blk keeps next to ``sock`` says ``text`` within ``timeout`` seconds."""
+    log = sock.with_suffix(".log")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text():
+            return True
+        time.sleep(0.05)
+    return False

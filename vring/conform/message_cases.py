@@ -41,11 +41,7 @@ def vring_addr_unmapped(s: Session, _pattern: bytes) -> None:
     s.set_num()
     s.set_base()
     s.set_addr((0x1000, 0x2000, 0x3000))  # user addresses in no region
-    s.set_eventfd(Request.SET_VRING_CALL, "call")
-    s.set_eventfd(Request.SET_VRING_ERR, "err")
-    s.set_eventfd(Request.SET_VRING_KICK, "kick")
-    s.enable()
-    s.started = True
+    s.finish_ring()
 
 
 def vring_addr_index(s: Session, _pattern: bytes) -> None:
@@ -108,11 +104,7 @@ def addr_before_mem(s: Session, _pattern: bytes) -> None:
     s.set_base()
     s.set_addr()
     s.share_memory()
-    s.set_eventfd(Request.SET_VRING_CALL, "call")
-    s.set_eventfd(Request.SET_VRING_ERR, "err")
-    s.set_eventfd(Request.SET_VRING_KICK, "kick")
-    s.enable()
-    s.started = True
+    s.finish_ring()
 
 
 def get_base_unstarted(s: Session, _pattern: bytes) -> None:

@@ -120,6 +120,11 @@ class Session:
         self.set_num()
         self.set_base()
         self.set_addr()
+        self.finish_ring(call=call, err=err, kick=kick, kick_write=kick_write)
+
+    def finish_ring(self, *, call: int | None = None, err: int | None = None, kick: int | None = None,
+                    kick_write: int | None = None) -> None:
+        """The set-up after the addresses: call, err and kick eventfds, then enable; the ring has started."""
         self.set_eventfd(Request.SET_VRING_CALL, "call", call)
         self.set_eventfd(Request.SET_VRING_ERR, "err", err)
         self.set_eventfd(Request.SET_VRING_KICK, "kick", kick)
