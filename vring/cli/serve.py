@@ -139,6 +139,15 @@ def run(args: argparse.Namespace) -> int:
             return device
     try:
         backend = VhostUserBackend(factory, args.socket or "")
+
+        def stop(signum, _frame):
+            logging.getLogger("vring").info("signal %d: stopping", signum)
+            backend.stop()
+
+        # Before the socket exists: a supervisor may signal us as soon as it sees the socket, and the server must
+        # then stop cleanly (and remove its socket), not die of the signal's default action.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, stop)
         try:
             if args.socket_fd is not None:
                 if args.socket_mode is not None or args.socket_group is not None:
@@ -152,12 +161,6 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise CommandError(f"cannot listen on {backend.path}: {exc.strerror or exc}") from None
 
-        def stop(signum, _frame):
-            logging.getLogger("vring").info("signal %d: stopping", signum)
-            backend.stop()
-
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(signum, stop)
         if not args.quiet:
             print(f"vring: serving virtio-{args.device} on {backend.path}", file=sys.stderr, flush=True)
         notify_ready(f"serving virtio-{args.device} on {backend.path}")
