@@ -209,6 +209,7 @@ cdef class DeviceQueue:
     cdef int _check(self) except -1
     cdef _fail(self, ChainError *err)
     cdef _reset(self)
+    cdef object _checked_state(self, object state)
     cdef int _restore_indices(self, object state) except -1
     cdef _push_error(self, int code, object head, object written)
 

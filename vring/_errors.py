@@ -48,6 +48,18 @@ class QueueBroken(VringError):
     reason = "queue-broken"
 
 
+class InflightError(VringError, ValueError):
+    """An inflight record (vhost-user's "Inflight I/O tracking" region) that no crash of a device can have left:
+    a field out of range, a broken list, a record of another queue. The queue it was offered to is unchanged."""
+
+    reason = "inflight-record"
+
+
+def inflight_error(field: str, value: object, problem: str) -> InflightError:
+    """The InflightError for the record's ``field`` holding ``value`` (both twins word it through here)."""
+    return InflightError(f"inflight record: {field} {value} {problem}")
+
+
 class QueueFull(VringError):
     """The driver has not enough free descriptors for the chain (reap used buffers, then retry)."""
 
@@ -270,7 +282,9 @@ CALLER_ERRORS: dict[str, tuple[type[Exception], str]] = {
     "max-indirect": (ValueError, "max_indirect must be at least 1"),
     "indirect-max": (ValueError, "indirect_max must be between 1 and {limit}"),
     "indirect-threshold": (ValueError, "indirect_threshold must be at least 1"),
-    "state-range": (ValueError, "state {state} is outside a ring of {size}"),
+    "inflight-region-size": (ValueError, "an inflight region of {given} bytes is smaller than the {needed} bytes a "
+                             "{kind} queue of {size} needs"),
+    "inflight-region-alignment": (ValueError, "an inflight region must start at an 8-byte aligned host address"),
     # Driver side: adding chains
     "empty-chain": (ValueError, "a chain needs at least one buffer"),
     "chain-longer-than-queue": (ValueError, "a chain of {nseg} buffers is longer than the queue size {size}"),

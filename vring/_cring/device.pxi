@@ -172,24 +172,30 @@ cdef class DeviceQueue:
         return QueueState(self.q.last_avail, self.q.used_idx)
 
     def restore(self, state):
-        """Resume at a saved state; a ``used_idx`` of None is read from the used ring (vhost-user takeover)."""
+        """Resume at a saved state; a ``used_idx`` of None is read from the used ring (vhost-user takeover).
+
+        StateError, and the queue unchanged, if the ring cannot be in that state (see QueueState.checked_split).
+        """
         state = QueueState(*state)
         dev_enter(&self.q)
         try:
-            self._reset()
             self._bind()
+            state = self._checked_state(state)
+            self._reset()
             self._restore_indices(state)
         finally:
             dev_exit(&self.q)
 
+    cdef object _checked_state(self, state):
+        return state.checked_split(self.q.size, vring_observe_idx(split_avail_idx(self.q.split.avail)))
+
     cdef int _restore_indices(self, state) except -1:
-        # Split indices run free: any value is taken mod 2**16.
-        self.q.last_avail = int(state.last_avail_idx) & 0xFFFF
+        self.q.last_avail = state.last_avail_idx
         self.q.split.avail_shadow = self.q.last_avail
         if state.used_idx is None:
             self.q.used_idx = vring_read_shared_u16(split_used_idx(self.q.split.used))
         else:
-            self.q.used_idx = int(state.used_idx) & 0xFFFF
+            self.q.used_idx = state.used_idx
         return 0
 
     # -- popping -------------------------------------------------------------------------------------------
