@@ -155,6 +155,10 @@ CHAIN_REASONS = (
     # A chain of more descriptors than the ring has: PACKED / Scatter-Gather Support: "A driver MUST NOT create a
     # descriptor list longer than the Queue Size."
     "chain-too-long",
+    # A chain that takes ring slots the device still holds (the slots of the buffers it holds and the new chain's
+    # add up to more than the ring): PACKED / The Virtqueue Descriptor Table, driver requirements: "A driver MUST NOT
+    # change a descriptor unless it observes the VIRTQ_DESC_F_USED bit in its flags being changed".
+    "slots-in-flight",
 )
 
 # The driver-side checks of what the device wrote into the used ring (MalformedUsed reasons), each naming what the
@@ -230,6 +234,8 @@ def chain_error(reason: str, head: int, index: int, in_indirect: bool, a: int = 
         text = f"{where} is not available (flags {a:#x}, wrap counter {b}): the chain is broken"
     elif reason == "chain-too-long":
         text = f"{where}: the chain has more than the ring's {a} descriptors"
+    elif reason == "slots-in-flight":
+        text = f"{where}: the chain takes {a} slots but only {b} are not held by the device"
     else:  # pragma: no cover - a reason without wording is a bug in vring itself
         raise AssertionError(f"unknown chain check {reason!r}")
     return MalformedChain(f"malformed chain ({reason}): {text}", reason)
@@ -285,6 +291,7 @@ CALLER_ERRORS: dict[str, tuple[type[Exception], str]] = {
     "inflight-region-size": (ValueError, "an inflight region of {given} bytes is smaller than the {needed} bytes a "
                              "{kind} queue of {size} needs"),
     "inflight-region-alignment": (ValueError, "an inflight region must start at an 8-byte aligned host address"),
+    "inflight-busy": (ValueError, "attach_inflight needs a queue that holds no chains; this one holds {held}"),
     # Driver side: adding chains
     "empty-chain": (ValueError, "a chain needs at least one buffer"),
     "chain-longer-than-queue": (ValueError, "a chain of {nseg} buffers is longer than the queue size {size}"),

@@ -34,6 +34,28 @@ cdef class PackedDeviceQueue(DeviceQueue):
         """The device's wrap counter (spec 2.8.1) for the next used descriptor it writes: 0 or 1."""
         return self.q.packed_ring.used_wrap
 
+    cdef uint16_t *_ndesc_table(self):
+        return self.q.packed_ring.ndesc
+
+    cdef uint32_t _pending_slots(self):
+        cdef uint32_t i, slots = 0
+        for i in range(self.q.rec.pending_pos, self.q.rec.npending):
+            slots += self.q.packed_ring.ndesc[self.q.rec.pending[i]]
+        return slots
+
+    cdef object _init_record(self, view):
+        return init_packed(view, self.q.size, self.q.used_idx, self.q.packed_ring.used_wrap, self.q.last_avail,
+                           self.q.packed_ring.avail_wrap)
+
+    cdef object _recover_record(self, view):
+        flags = self.mem.view(self.layout.desc, self.layout.desc_bytes).cast("H")[7::8]  # every desc[i].flags
+        return recover_packed(view, self.q.size, flags.__getitem__)
+
+    cdef _resume(self, found):
+        self.q.used_idx, self.q.packed_ring.used_wrap = found.used_idx, found.used_wrap
+        self.q.last_avail, self.q.packed_ring.avail_wrap = found.last_avail_idx, found.avail_wrap
+        self.q.packed_ring.held_slots = sum(found.num.values())
+
     cdef object _checked_state(self, state):
         return state.checked_packed(self.q.size)
 

@@ -54,6 +54,7 @@ class PackedDeviceQueue(DeviceQueue):
         self.avail_wrap = 1
         self.used_wrap = 1
         self._pushed = 0  # used slots written since the last notify_needed
+        self._held_slots = 0  # ring slots of the buffers the device holds (or will pop again)
         self._peeked_ndesc = 0
         self._peeked_descs: list[tuple[int, int, int, int]] = []  # the peeked chain's ring descriptors, for the record
         self._resubmit_descs: dict[int, list[tuple[int, int, int, int]]] = {}  # pending buffer id -> its descriptors
@@ -87,6 +88,7 @@ class PackedDeviceQueue(DeviceQueue):
         self._start_record(PackedRecord(view, found), found.pending)
         for buffer_id in found.pending:
             self._ndesc[buffer_id] = found.num[buffer_id]
+        self._held_slots = sum(found.num.values())
         self._resubmit_descs = found.entries
         self.used_idx, self.used_wrap = found.used_idx, found.used_wrap
         self.last_avail_idx, self.avail_wrap = found.last_avail_idx, found.avail_wrap
@@ -167,6 +169,8 @@ class PackedDeviceQueue(DeviceQueue):
             raise chain_error("buffer-id-out-of-range", head_pos, pos, False, buffer_id, size)
         if self._inflight[buffer_id] != expected:
             raise chain_error("buffer-id-in-flight", head_pos, pos, False, buffer_id)
+        if not expected and self._held_slots + count > size:
+            raise chain_error("slots-in-flight", head_pos, pos, False, count, size - self._held_slots)
         self._peeked_ndesc = count
         if copies is not None:
             self._peeked_descs = copies
@@ -176,9 +180,10 @@ class PackedDeviceQueue(DeviceQueue):
         self._inflight[chain.head] = HELD
         self._inflight_wlen[chain.head] = chain.writable_len
         self._ndesc[chain.head] = self._peeked_ndesc
-        if self._resubmitting:
+        if self._resubmitting:  # its slots were counted in _held_slots when the record was attached
             self._pending_pos += 1
             return
+        self._held_slots += self._peeked_ndesc
         if self._record is not None:
             self._record.fetched(self._peeked_descs)
         self.last_avail_idx, self.avail_wrap = advance(self.last_avail_idx, self.avail_wrap, self._peeked_ndesc,
@@ -205,6 +210,7 @@ class PackedDeviceQueue(DeviceQueue):
             record.done()
         self.used_idx, self.used_wrap = after
         self._pushed += self._ndesc[head]
+        self._held_slots -= self._ndesc[head]
 
     def _publish_used(self) -> None:
         pass  # every used descriptor's flags published it

@@ -108,6 +108,9 @@ class DeviceQueue(Queue):
         """
         rings = self._check()
         view = region_view(region, self.size, self._kind == "packed")
+        held = self.size - self._inflight.count(0)
+        if held:
+            raise caller_error("inflight-busy", held=held)
         if record_version(view) == 0:
             self._init_record(view)
             return 0
