@@ -263,7 +263,7 @@ cdef class DeviceQueue:
     cdef readonly bint broken
     cdef readonly object error
     cdef unsigned long long _generation
-    cdef Py_buffer _region               # the inflight record's region, held while attached
+    cdef object _region_view             # the inflight record's region: our view of it holds it while attached
     cdef int _setup(self, GuestMemory mem, object layout, object features, object max_indirect) except -1
     cdef int _bind(self) except -1
     cdef int _check(self) except -1

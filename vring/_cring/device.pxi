@@ -214,6 +214,7 @@ cdef class DeviceQueue:
         """
         cdef uint32_t i, held = 0
         cdef uint16_t *ndesc = self._ndesc_table()
+        cdef Py_buffer buf
         dev_enter(&self.q)
         try:
             self._check()
@@ -232,8 +233,12 @@ cdef class DeviceQueue:
             rec_fill(&self.q.rec, found, self.q.inflight, ndesc)
             if record_version(view):
                 self._resume(found)
-            PyObject_GetBuffer(view, &self._region, PyBUF_WRITABLE)
-            self.q.rec.region = <unsigned char *>self._region.buf
+            # The view is ours alone: its export of the region's memory (which keeps a bytearray from resizing and
+            # an mmap from closing) lasts as long as we keep it.
+            PyObject_GetBuffer(view, &buf, PyBUF_WRITABLE)
+            self.q.rec.region = <unsigned char *>buf.buf
+            PyBuffer_Release(&buf)
+            self._region_view = view
             return self.q.rec.npending
         finally:
             dev_exit(&self.q)
@@ -256,9 +261,8 @@ cdef class DeviceQueue:
         self.q.last_avail = self.q.split.avail_shadow = found.last_avail_idx
 
     cdef _detach(self):
-        if self.q.rec.region != NULL:
-            self.q.rec.region = NULL
-            PyBuffer_Release(&self._region)
+        self.q.rec.region = NULL
+        self._region_view = None
 
     def detach_inflight(self):
         """Stop keeping the inflight record (the region is the caller's again); chains still to resubmit stay
