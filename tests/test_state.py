@@ -20,7 +20,6 @@ def test_round_trips(state):
 
 
 def test_a_device_queue_state_round_trips(twin):
-
     p = make_pair(twin, packed=True)
     for _ in range(20):  # past a wrap of the 16-entry ring
         p.drv.add(out=[(0x180000, 8)], token=None)

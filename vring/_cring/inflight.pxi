@@ -53,32 +53,33 @@ cdef inline void split_rec_published(InflightRecord *r, uint16_t used_idx) noexc
 
 cdef inline void packed_rec_fetched(InflightRecord *r, uint32_t ndesc) noexcept nogil:
     """A chain popped: its ``ndesc`` ring descriptors (r.copies) into entries taken from the free list's head,
-    which old_free_head moves past once the chain is whole. The caller checked that the free list holds them."""
-    cdef uint16_t head = r.free_head
+    which old_free_head moves past once the chain is whole (the commit point: until then the reconnect procedure
+    puts the entries back on the free list, whatever else was written). The caller checked that the free list
+    holds them."""
+    cdef uint16_t head = r.free_head, entry = head, last = head
     cdef InflightPackedEntry *h = packed_rec_entry(r, head)
     cdef InflightPackedEntry *e
     cdef uint32_t k
+    h.counter = r.counter
+    r.counter += 1
+    vring_order_record()
+    h.inflight = 1
     for k in range(ndesc):
-        if k == 0:
-            h.num = 0
-            h.counter = r.counter
-            r.counter += 1
-            vring_order_record()
-            h.inflight = 1
-        if k == ndesc - 1:
-            h.last = r.free_head
-            r.last_of[head] = r.free_head
-        h.num = <uint16_t>(k + 1)
-        e = packed_rec_entry(r, r.free_head)
+        e = packed_rec_entry(r, entry)
         e.id = r.copies[k].id
         e.flags = r.copies[k].flags
         e.len = r.copies[k].len
         e.addr = r.copies[k].addr
-        r.free_head = r.links[r.free_head]
-        packed_rec_header(r).free_head = r.free_head
+        last = entry
+        entry = r.links[entry]
+    h.last = last
+    h.num = <uint16_t>ndesc
+    r.last_of[head] = last
     r.entry_of[r.copies[ndesc - 1].id] = head
+    r.free_head = entry
+    packed_rec_header(r).free_head = entry
     vring_order_record()
-    packed_rec_header(r).old_free_head = r.free_head
+    packed_rec_header(r).old_free_head = entry
 
 
 cdef inline uint16_t packed_rec_used(InflightRecord *r, uint16_t buffer_id, uint16_t used_idx,
