@@ -499,3 +499,13 @@ def test_detach_and_reset_stop_the_record(twin, packed):
 def test_packed_layout_is_what_the_region_size_assumes():
     assert PackedLayout.contiguous(8, 0).size == 8 and PACKED_HEADER.size == 29 and PACKED_ENTRY.size == 32
     assert SPLIT_HEADER.size == 16 and SPLIT_ENTRY.size == 16
+
+
+def test_the_region_is_held_while_attached(twin):
+    p = make_pair(twin, size=8)
+    region = bytearray(inflight_region_size(8, False))
+    p.dev.attach_inflight(region)
+    with pytest.raises(BufferError):
+        region.extend(b"x")  # the queue writes into it: it cannot move
+    p.dev.detach_inflight()
+    region.extend(b"x")

@@ -212,34 +212,10 @@ cdef class DeviceQueue:
         left is checked (InflightError, the queue unchanged), repaired, and the queue resumes where it says: the
         chains it had in flight are popped again first, in the order they were first popped; returns their number.
         """
-        cdef uint32_t i, held = 0
-        cdef uint16_t *ndesc = self._ndesc_table()
-        cdef Py_buffer buf
         dev_enter(&self.q)
         try:
             self._check()
-            view = region_view(region, self.q.size, ndesc != NULL)
-            for i in range(self.q.size):
-                held += self.q.inflight[i] != HEAD_FREE
-            if held:
-                raise caller_error("inflight-busy", held=held)
-            rec_alloc(&self.q.rec, self.q.size, ndesc != NULL)
-            try:
-                found = self._recover_record(view) if record_version(view) else self._init_record(view)
-            except BaseException:
-                rec_free(&self.q.rec)
-                raise
-            self._detach()
-            rec_fill(&self.q.rec, found, self.q.inflight, ndesc)
-            if record_version(view):
-                self._resume(found)
-            # The view is ours alone: its export of the region's memory (which keeps a bytearray from resizing and
-            # an mmap from closing) lasts as long as we keep it.
-            PyObject_GetBuffer(view, &buf, PyBUF_WRITABLE)
-            self.q.rec.region = <unsigned char *>buf.buf
-            PyBuffer_Release(&buf)
-            self._region_view = view
-            return self.q.rec.npending
+            return attach_record(self, region)
         finally:
             dev_exit(&self.q)
 

@@ -180,3 +180,34 @@ cdef void rec_fill(InflightRecord *r, found, uint8_t *inflight, uint16_t *ndesc)
             r.kept[start].flags = flags
             start += 1
     r.kept_start[r.npending] = start
+
+
+cdef object attach_record(DeviceQueue queue, region):
+    """DeviceQueue.attach_inflight once the queue is checked: the record checked and repaired by vring._inflight
+    (or a fresh one initialised), then the device's side of it; returns the number of chains to pop again."""
+    cdef DevQueue *q = &queue.q
+    cdef uint32_t i, held = 0
+    cdef uint16_t *ndesc = queue._ndesc_table()
+    cdef Py_buffer buf
+    view = region_view(region, q.size, ndesc != NULL)
+    for i in range(q.size):
+        held += q.inflight[i] != HEAD_FREE
+    if held:
+        raise caller_error("inflight-busy", held=held)
+    rec_alloc(&q.rec, q.size, ndesc != NULL)
+    try:
+        found = queue._recover_record(view) if record_version(view) else queue._init_record(view)
+    except BaseException:
+        rec_free(&q.rec)
+        raise
+    queue._detach()
+    rec_fill(&q.rec, found, q.inflight, ndesc)
+    if record_version(view):
+        queue._resume(found)
+    # The view is ours alone: its export of the region's memory (which keeps a bytearray from resizing and an mmap
+    # from closing) lasts as long as we keep it.
+    PyObject_GetBuffer(view, &buf, PyBUF_WRITABLE)
+    q.rec.region = <unsigned char *>buf.buf
+    PyBuffer_Release(&buf)
+    queue._region_view = view
+    return q.rec.npending
