@@ -156,8 +156,8 @@ def test_a_crash_between_pop_and_push_resubmits_what_was_in_flight(twin, packed,
     held = []  # chains the device holds, in pop order
     crashes = resubmitted = 0
     for round_ in range(120):
-        free = r.p.drv.num_free
-        r.add(rng.randint(0, min(3, free // (2 if not features else 1) if not packed else free // 2)))
+        per_chain = 1 if features else 2  # descriptors (split) or slots (packed): indirect chains take one
+        r.add(rng.randint(0, min(3, r.p.drv.num_free // per_chain)))
         held += r.dev.pop_many(rng.randint(0, 4))
         for chain in rng.sample(held, rng.randint(0, len(held))):
             r.dev.push(chain.head, rng.randint(0, chain.writable_len))
@@ -263,10 +263,10 @@ HOOKS = {
 }
 
 
-def scenario(twin, packed, warm):
+def scenario(twin, packed, warm, features):
     """A rig ``warm`` cycles on (so that the push below crosses the end of the ring for some ``warm``) holding
     chains A, B (split: and C; B pushed already); returns it and the push to crash in: (heads, lens)."""
-    r = Rig(twin, packed, size=8)
+    r = Rig(twin, packed, size=8, features=features)
     for _ in range(warm):
         r.add(1)
         r.dev.push(r.dev.pop().head)
@@ -282,33 +282,32 @@ def scenario(twin, packed, warm):
     return r, [a, c], ([c.head, a.head], [2, 0])
 
 
-def chain_entries(region, buffer_ids):
-    """Packed: the head entries of the chains with these buffer ids in the record."""
+def chain_entries(region, size, buffer_ids):
+    """Packed: the head entries of the record's chains in flight with these buffer ids."""
     out = []
-    for i in range(len(region[32:]) // 32):
-        if 32 + 32 * i + 32 > len(region):
-            break
-        flag, _, last, _, _, *_ = packed_entry(region, i)
+    for i in range(size):
+        flag, _, last, *_ = packed_entry(region, i)
         if flag and packed_entry(region, last)[5] in buffer_ids:
             out.append(i)
     return out
 
 
-@pytest.mark.parametrize("warm", [0, 1, 3, 5])
+@pytest.mark.parametrize("features", [0, Feature.INDIRECT_DESC], ids=["direct", "indirect"])
+@pytest.mark.parametrize("warm", [0, 1, 3, 5, 7])
 @pytest.mark.parametrize("point", SPLIT_POINTS + PACKED_POINTS)
-def test_a_crash_inside_a_push_neither_loses_nor_repeats_a_chain(twin, point, warm):
+def test_a_crash_inside_a_push_neither_loses_nor_repeats_a_chain(twin, point, warm, features):
     packed = point in PACKED_POINTS
-    r, held, (heads, lens) = scenario(twin, packed, warm)
+    r, held, (heads, lens) = scenario(twin, packed, warm, features)
     old_state = r.dev.state
     before = r.snapshot()
     used_slot = r.dev.used_idx
-    batch_entries = chain_entries(before[1], heads) if packed else heads
+    batch_entries = chain_entries(before[1], r.size, heads) if packed else heads
     r.dev.push_many(heads, lens)
     new_state = r.dev.state
     after = r.snapshot()
     state = hand_made(r, before, after, point, batch_entries, used_slot)
     if point in HOOKS and twin.__name__.endswith("_pyring"):  # the real thing agrees with the hand-made state
-        s, _, _ = scenario(twin, packed, warm)
+        s, _, _ = scenario(twin, packed, warm, features)
         cls, name = HOOKS[point]
 
         def crash(*args, **kwargs):
