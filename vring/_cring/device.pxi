@@ -223,7 +223,7 @@ cdef class DeviceQueue:
         return NULL  # a split chain takes no ring slots of its own
 
     cdef uint32_t _pending_slots(self):
-        return self.q.rec.npending - self.q.rec.pending_pos
+        return self.q.rec.left
 
     cdef object _init_record(self, view):
         return init_split(view, self.q.size, self.q.used_idx, self.q.last_avail)
@@ -252,7 +252,7 @@ cdef class DeviceQueue:
     @property
     def inflight_pending(self):
         """Chains the inflight record said were in flight that pops have not returned again yet."""
-        return self.q.rec.npending - self.q.rec.pending_pos
+        return self.q.rec.left
 
     # -- popping -------------------------------------------------------------------------------------------
     def avail_pending(self):
@@ -461,7 +461,7 @@ cdef class DeviceQueue:
         try:
             self._check()
             self.q.notify_enabled = True
-            return dev_enable_notifications(&self.q) or self.q.rec.pending_pos < self.q.rec.npending
+            return dev_enable_notifications(&self.q) or self.q.rec.left != 0
         finally:
             dev_exit(&self.q)
 

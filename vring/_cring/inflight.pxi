@@ -159,6 +159,7 @@ cdef void rec_fill(InflightRecord *r, found, uint8_t *inflight, uint16_t *ndesc)
     r.counter = found.counter
     r.npending = len(found.pending)
     r.pending_pos = 0
+    r.left = r.npending
     for i, head in enumerate(found.pending):
         r.pending[i] = head
         inflight[head] = HEAD_PENDING
