@@ -210,7 +210,7 @@ def test_get_inflight_fd_makes_a_zeroed_sealed_buffer_of_the_right_size(server, 
                 assert shared[:] == bytes(description.mmap_size)
         finally:
             os.close(fd)
-        assert front.get_status() == 0
+        assert front.get_status() == 0x0B  # ACKNOWLEDGE | DRIVER | FEATURES_OK: the front-end said so
 
 
 def test_set_status_and_get_status_and_needs_reset_after_a_malformed_ring(server):
