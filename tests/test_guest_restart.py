@@ -154,12 +154,14 @@ class Console:
 
 
 class Backend:
-    """`vring serve blk` on one socket, started again as often as the test likes; each run logs (JSON lines, -v)
-    to a file of its own."""
+    """`vring serve blk` on one socket, listening on it or (``client``) connecting to QEMU listening there,
+    started again as often as the test likes; each run logs (JSON lines, -v) to a file of its own."""
 
-    def __init__(self, image: Path, sock: Path, queues: int, extra: tuple[str, ...]) -> None:
-        self.args = [sys.executable, "-m", "vring", "serve", "blk", str(image), "--socket", str(sock),
+    def __init__(self, image: Path, sock: Path, queues: int, extra: tuple[str, ...], client: bool = False) -> None:
+        self.args = [sys.executable, "-m", "vring", "serve", "blk", str(image),
+                     "--connect" if client else "--socket", str(sock),
                      "--queues", str(queues), "-v", "--log-format", "json", *extra]
+        self.ready = "connecting to the front-end" if client else "listening on"
         self.sock = sock
         self.queues = queues
         self.logs: list[Path] = []
@@ -171,7 +173,7 @@ class Backend:
         with open(log, "w") as out:
             self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
                                          env=dict(os.environ, PYTHONPATH=PACKAGE_ROOT))
-        self.wait_for(lambda messages: any(m.startswith("listening on") for m in messages), "listen", 15)
+        self.wait_for(lambda messages: any(m.startswith(self.ready) for m in messages), "start", 15)
 
     def messages(self, index: int = -1) -> list[str]:
         """The log messages of run ``index`` (JSON lines; the text lines of the command itself as they are)."""
@@ -233,14 +235,21 @@ class Backend:
                          for log in self.logs[-2:])
 
 
-def offers_inflight(sock: Path) -> bool:
-    """Whether the back-end on ``sock`` offers VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD (asked on a connection of its
-    own, before QEMU's)."""
-    with Frontend(str(sock)) as front:
-        front.connect()
-        front.request(Request.GET_FEATURES)
-        reply = front.request(Request.GET_PROTOCOL_FEATURES)
-        os.close(front.memfd)
+def offers_inflight(extra: tuple[str, ...], scratch: Path) -> bool:
+    """Whether `vring serve blk` with ``extra`` offers VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD: asked of one served
+    on a scratch image in ``scratch``."""
+    image = scratch / "probe.img"
+    image.write_bytes(bytes(1 << 20))
+    probe = Backend(image, scratch / "probe.sock", 1, extra)
+    try:
+        probe.start()
+        with Frontend(str(probe.sock)) as front:
+            front.connect()
+            front.request(Request.GET_FEATURES)
+            reply = front.request(Request.GET_PROTOCOL_FEATURES)
+            os.close(front.memfd)
+    finally:
+        probe.close()
     return reply is not None and bool(U64.unpack(reply)[0] & ProtocolFeature.INFLIGHT_SHMFD)
 
 
@@ -252,6 +261,15 @@ def wait_for_console(console: Console, qemu: subprocess.Popen, text: str, timeou
             return text in console.text
         time.sleep(0.05)
     return True
+
+
+def wait_for_socket(sock: Path, qemu: subprocess.Popen, timeout: float = 30) -> None:
+    """Until QEMU listens on ``sock`` (client mode)."""
+    deadline = time.monotonic() + timeout
+    while not sock.exists():
+        check(qemu.poll() is None, f"QEMU exited with {qemu.returncode} before it listened on {sock}")
+        check(time.monotonic() < deadline, f"QEMU did not listen on {sock} in {timeout} s")
+        time.sleep(0.05)
 
 
 def wait_for_exit(console: Console, qemu: subprocess.Popen) -> None:
@@ -269,16 +287,20 @@ def wait_for_exit(console: Console, qemu: subprocess.Popen) -> None:
     check(guest.EXIT_MARKER in console.text, f"QEMU exited with {qemu.returncode} before the guest finished")
 
 
-def cases() -> Iterator:
+def cases(modes: tuple[str, ...] = ("server", "client"), queue_counts: tuple[int, ...] = (1, 2)) -> Iterator:
+    """(ring, queues, serve arguments, needs the inflight record, client mode) of every variant; client mode (QEMU
+    listens, the back-end connects) with one queue only, to keep the run short."""
     for variant, (extra, needs_inflight) in SERVE_VARIANTS.items():
-        for ring in RINGS:
-            for queues in (1, 2):
-                yield pytest.param(ring, queues, extra, needs_inflight or ring == "packed",
-                                   id=f"{ring}-{queues}q-{variant}")
+        for mode in modes:
+            for ring in RINGS:
+                for queues in queue_counts if mode == "server" else (1,):
+                    name = f"{ring}-{queues}q-{variant}" + ("-client" if mode == "client" else "")
+                    yield pytest.param(ring, queues, extra, needs_inflight or ring == "packed", mode == "client",
+                                       id=name)
 
 
 def run_restarts(kernel: Path, tmp_path: Path, ring: str, queues: int, extra: tuple[str, ...],
-                 needs_inflight: bool, signum: int) -> None:
+                 needs_inflight: bool, client: bool, signum: int) -> None:
     """Boot the guest on a vring disk, stop the back-end with ``signum`` RESTARTS times while the guest's I/O
     runs, each time starting a new one on the socket; then check the guest's verdict and the image."""
     seed = int(os.environ.get("VRING_RESTART_SEED", random.randrange(1 << 32)))
@@ -288,20 +310,24 @@ def run_restarts(kernel: Path, tmp_path: Path, ring: str, queues: int, extra: tu
     image.write_bytes(os.urandom(IMAGE_SIZE))
     sock = tmp_path / "blk.sock"
     initrd = guest.build_initramfs(tmp_path / "initrd.gz", workload_script(), files={"base": base})
-    backend = Backend(image, sock, queues, extra)
+    backend = Backend(image, sock, queues, extra, client)
     qemu_stderr = tmp_path / "qemu.stderr"
     qemu: subprocess.Popen | None = None
     console: Console | None = None
     stops: list[dict] = []
     try:
-        backend.start()
-        if needs_inflight and not offers_inflight(sock):
+        if needs_inflight and not offers_inflight(extra, tmp_path):
             pytest.xfail(f"restarting this back-end ({ring} ring) needs the inflight record, and `vring serve blk` "
                          "does not offer INFLIGHT_SHMFD (issue 12)")
+        # QEMU connects to a listening back-end and reconnects every second; in client mode it listens itself
+        # (and waits for the back-end before it starts the guest).
+        chardev = f"socket,id=c0,path={sock}," + ("server=on,wait=off" if client else "reconnect=1")
         command = guest.qemu_command(kernel, initrd, [
-            "-chardev", f"socket,id=c0,path={sock},reconnect=1",
+            "-chardev", chardev,
             "-device", f"vhost-user-blk-pci,chardev=c0,num-queues={queues}{RINGS[ring]}",
         ], smp=queues)
+        if not client:
+            backend.start()
         with open(qemu_stderr, "w") as err:
             qemu = subprocess.Popen(["timeout", "--kill-after=5", str(GUEST_TIMEOUT), *command],
                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
@@ -310,6 +336,9 @@ def run_restarts(kernel: Path, tmp_path: Path, ring: str, queues: int, extra: tu
         console = Console(qemu.stdout, tmp_path / "console.txt")
         failure = None
         try:
+            if client:
+                wait_for_socket(sock, qemu)
+                backend.start()
             stop_and_restart(backend, console, qemu, rng, signum, stops)
             check_outcome(backend, console, qemu, image, pass_pattern(base, PASSES), queues)
         except RestartFailure as exc:
@@ -318,7 +347,8 @@ def run_restarts(kernel: Path, tmp_path: Path, ring: str, queues: int, extra: tu
             pytest.fail(f"{failure} (seed {seed}, stops {stops})\n--- guest console ---\n{console.tail()}\n"
                         f"--- QEMU stderr ---\n{qemu_stderr.read_text()[-2000:]}\n--- back-end ---\n"
                         f"{backend.tail()}", pytrace=False)
-        print(f"\n{ring} ring, {queues} queue(s), {extra or 'sync'}: {len(stops)} stops by "
+        mode = "client mode" if client else "server mode"
+        print(f"\n{ring} ring, {queues} queue(s), {extra or 'sync'}, {mode}: {len(stops)} stops by "
               f"{signal.Signals(signum).name}, seed {seed}: {json.dumps(stops)}")
     finally:
         backend.close()
@@ -365,15 +395,16 @@ def check_outcome(backend: Backend, console: Console, qemu: subprocess.Popen, im
         check("Traceback" not in text and "protocol error" not in text, f"back-end run {n} broke")
 
 
-@pytest.mark.parametrize("ring,queues,extra,needs_inflight", list(cases()))
+@pytest.mark.parametrize("ring,queues,extra,needs_inflight,client", list(cases()))
 def test_guest_io_survives_sigkill_of_the_back_end(kernel: Path, tmp_path: Path, ring: str, queues: int,
-                                                   extra: tuple[str, ...], needs_inflight: bool) -> None:
-    run_restarts(kernel, tmp_path, ring, queues, extra, needs_inflight, signal.SIGKILL)
+                                                   extra: tuple[str, ...], needs_inflight: bool,
+                                                   client: bool) -> None:
+    run_restarts(kernel, tmp_path, ring, queues, extra, needs_inflight, client, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("ring,queues,extra,needs_inflight",
-                         [case for case in cases() if case.values[1] == 1])
+@pytest.mark.parametrize("ring,queues,extra,needs_inflight,client", list(cases(("server",), (1,))))
 def test_guest_io_survives_a_clean_upgrade_of_the_back_end(kernel: Path, tmp_path: Path, ring: str, queues: int,
-                                                           extra: tuple[str, ...], needs_inflight: bool) -> None:
+                                                           extra: tuple[str, ...], needs_inflight: bool,
+                                                           client: bool) -> None:
     """SIGTERM: the old back-end finishes what it has in flight (or records it) and exits 0; the new one goes on."""
-    run_restarts(kernel, tmp_path, ring, queues, extra, needs_inflight, signal.SIGTERM)
+    run_restarts(kernel, tmp_path, ring, queues, extra, needs_inflight, client, signal.SIGTERM)
