@@ -1,7 +1,8 @@
 """A Linux guest under QEMU writes and verifies its whole vring disk from 4 processes with O_DIRECT while the test
 kills `vring serve blk` with SIGKILL at random moments (or stops it with SIGTERM, a clean upgrade) and starts a new
-one on the same socket; QEMU reconnects (``reconnect=1``). The guest must see no I/O error, every block must verify,
-and the image on the host must hold the last pattern written.
+one on the same socket; QEMU reconnects (``reconnect=1``), or in client mode QEMU listens and the new back-end
+connects. The guest must see no I/O error, every block must verify, and the image on the host must hold the last
+pattern written.
 
 Every sector's pattern names the sector (``<00001234>`` repeated) and each pass rotates its digits, so a write
 lost, done twice late, or sent to the wrong sector shows in the guest's compare and in the host's. The random
@@ -31,7 +32,7 @@ from vring.vhost_user.protocol import U64
 
 IMAGE_SIZE = 16 << 20
 SECTOR = 512
-WORKERS = 4
+WORKERS = 4  # guest processes, each with one request in flight at a time (dd): more of them, a deeper queue
 PASSES = 4  # enough I/O (~3 s a pass here) to outlast the restarts, which take ~2 s each, with margin
 RESTARTS = 4  # per run: the issue asks for several kills while requests are in flight
 GUEST_TIMEOUT = 240  # seconds of QEMU under coreutils timeout; a run takes well under half of it
