@@ -31,6 +31,9 @@ NOGIL_FUNCTIONS = {
     "packed_publish_desc", "packed_event_flags", "packed_event_wants", "packed_set_event", "packed_arm_event",
     # descriptors.pxi
     "dev_fail", "dev_add_seg", "dev_translate", "dev_piece", "dev_fail_piece", "dev_open_indirect",
+    # inflight.pxi
+    "split_rec_header", "split_rec_entry", "packed_rec_header", "packed_rec_entry", "split_rec_fetched",
+    "split_rec_used", "split_rec_published", "packed_rec_fetched", "packed_rec_used", "packed_rec_done",
     # driver_checks.pxi
     "drv_indirect_for", "drv_needed", "drv_reserve", "drv_check_buffer", "drv_check_free_list",
     # split_device.pxi
@@ -38,7 +41,8 @@ NOGIL_FUNCTIONS = {
     "split_dev_commit", "split_dev_after_pop", "split_dev_put_used", "split_dev_publish", "split_dev_notify_needed",
     "split_dev_avail_pending", "split_dev_enable_notifications", "split_dev_disable_notifications",
     # packed_device.pxi
-    "packed_dev_bind", "packed_dev_reset", "packed_dev_check_invariants", "packed_dev_peek", "packed_dev_commit",
+    "packed_dev_bind", "packed_dev_reset", "packed_dev_check_invariants", "packed_dev_peek", "packed_dev_peek_kept",
+    "packed_dev_walk", "packed_dev_commit",
     "packed_dev_after_pop", "packed_dev_put_used", "packed_dev_notify_needed", "packed_dev_avail_pending",
     "packed_dev_enable_notifications", "packed_dev_disable_notifications",
     # split_driver.pxi

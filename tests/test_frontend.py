@@ -142,3 +142,64 @@ def test_vring_blk_command(tmp_path):
         assert b'"workload": "randread"' in bench.stdout and b'"lat_us_p99"' in bench.stdout
         beyond = vring_blk_cli("--socket", str(sock), "read", "--sector", "2048", "--count", "1")
         assert beyond.returncode == 1 and b"VIRTIO_BLK_S_IOERR" in beyond.stderr
+
+
+def _inflight_backend(path: Path, inflight_reply: bytes) -> threading.Thread:
+    """A back-end that offers INFLIGHT_SHMFD and answers GET_INFLIGHT_FD with ``inflight_reply`` (and no fd)."""
+    from vring.vhost_user.protocol import ProtocolFeature
+
+    def answer(msg):
+        if msg.request == Request.GET_FEATURES:
+            return reply(msg.request, U64.pack(1 << 32 | 1 << 30))  # VERSION_1, F_PROTOCOL_FEATURES
+        if msg.request == Request.GET_PROTOCOL_FEATURES:
+            return reply(msg.request, U64.pack(ProtocolFeature.INFLIGHT_SHMFD))
+        if msg.request == Request.GET_INFLIGHT_FD:
+            return reply(msg.request, inflight_reply)
+        return None
+
+    return fake_backend(path, answer)
+
+
+def test_an_inflight_reply_without_its_fd_is_a_clear_error(tmp_path):
+    from vring.vhost_user.protocol import INFLIGHT
+
+    _inflight_backend(tmp_path / "sock", INFLIGHT.pack(4096, 0, 1, 16))
+    front = Frontend(str(tmp_path / "sock"), timeout=2.0).connect()
+    front.negotiate(0)
+    with pytest.raises(BackendError, match="GET_INFLIGHT_FD: reply of 24 bytes and 0 fds, expected 24 and 1"):
+        front.setup_queues(1, 16)
+    assert front.inflight is None and front.inflight_count(0) == 0
+    front.close()
+
+
+def test_reconnect_with_no_back_end_listening_gives_up_after_its_timeout(tmp_path):
+    front = Frontend(str(tmp_path / "nobody.sock"), timeout=0.3)
+    with pytest.raises(BackendError, match="no back-end listening"):
+        front.reconnect()
+    front.close()
+
+
+def test_status_helpers_need_the_protocol_feature(tmp_path):
+    _inflight_backend(tmp_path / "sock", b"")
+    front = Frontend(str(tmp_path / "sock"), timeout=2.0).connect()
+    front.negotiate(0)
+    for call in (front.get_status, lambda: front.set_status(1), front.reset_device):
+        with pytest.raises(BackendError, match="does not offer the (STATUS|RESET_DEVICE) protocol feature"):
+            call()
+    front.close()
+
+
+def test_reconnect_to_a_restarted_back_end_serves_on(tmp_path):
+    """A clean restart (SIGTERM, a new process on the same socket): the rings go on where they were."""
+    image = tmp_path / "disk.img"
+    image.write_bytes(os.urandom(1 << 20))
+    sock = tmp_path / "blk.sock"
+    with Frontend(str(sock)) as front:
+        with vring_blk(image, sock):
+            client = BlkClient(front.connect(), queues=1, packed=True)
+            assert client.read(0, 2) == image.read_bytes()[:1024]
+        with vring_blk(image, sock):
+            front.reconnect()
+            assert front.inflight_count(0) == 0
+            assert client.read(4, 1) == image.read_bytes()[2048:2560]
+            assert front.stop_queue(0) == 2

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ._errors import (
     AddressError,
+    InflightError,
     LayoutError,
     MalformedChain,
     MalformedUsed,
@@ -20,8 +21,8 @@ from ._errors import (
 )
 from ._features import ENGINE_FEATURES, Feature, need_event
 from ._factory import contiguous_bytes, contiguous_layout, create_device_queue, create_driver_queue
-from ._layout import PackedLayout, RingLayout, SplitLayout, area_bytes, ring_layout
-from ._state import QueueState
+from ._layout import PackedLayout, RingLayout, SplitLayout, area_bytes, inflight_region_size, ring_layout
+from ._state import QueueState, StateError
 from ._twin import ENGINE, IMPLEMENTATION
 from ._version import __version__
 
@@ -42,6 +43,7 @@ __all__ = [
     "DriverQueue",
     "Feature",
     "GuestMemory",
+    "InflightError",
     "LayoutError",
     "MalformedChain",
     "MalformedUsed",
@@ -52,6 +54,7 @@ __all__ = [
     "QueueFull",
     "QueueState",
     "SplitLayout",
+    "StateError",
     "VringError",
     "RingLayout",
     "__version__",
@@ -60,6 +63,7 @@ __all__ = [
     "contiguous_layout",
     "create_device_queue",
     "create_driver_queue",
+    "inflight_region_size",
     "need_event",
     "ring_layout",
 ]

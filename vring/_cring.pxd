@@ -14,6 +14,7 @@ cdef extern from "barrier.h" nogil:
     void vring_load_desc_once(uint64_t *words, const void *src)
     void vring_publish_desc_flags(uint16_t *flags, uint16_t value)
     uint64_t vring_load_used_elem_once(const void *src)
+    void vring_order_record()
 
 
 ctypedef struct vring_desc:          # struct virtq_desc (split)
@@ -35,6 +36,44 @@ ctypedef struct vring_used_elem:     # struct virtq_used_elem
 ctypedef struct vring_event_suppress:  # struct pvirtq_event_suppress
     uint16_t off_wrap                # desc_event_off | desc_event_wrap << 15
     uint16_t flags                   # EVENT_FLAG_ENABLE, _DISABLE or _DESC
+
+# vhost-user's inflight record of one queue (vhost-user.rst, "Inflight I/O tracking"), little-endian as the host.
+ctypedef struct InflightSplitHeader:  # QueueRegionSplit, before desc[]
+    uint64_t features
+    uint16_t version
+    uint16_t desc_num
+    uint16_t last_batch_head
+    uint16_t used_idx
+
+ctypedef struct InflightSplitEntry:  # DescStateSplit
+    uint8_t inflight
+    uint8_t padding[5]
+    uint16_t next
+    uint64_t counter
+
+ctypedef struct InflightPackedHeader:  # QueueRegionPacked, before desc[] (29 bytes, padded to 32)
+    uint64_t features
+    uint16_t version
+    uint16_t desc_num
+    uint16_t free_head
+    uint16_t old_free_head
+    uint16_t used_idx
+    uint16_t old_used_idx
+    uint8_t used_wrap_counter
+    uint8_t old_used_wrap_counter
+    uint8_t padding[7]
+
+ctypedef struct InflightPackedEntry:  # DescStatePacked
+    uint8_t inflight
+    uint8_t padding
+    uint16_t next
+    uint16_t last
+    uint16_t num
+    uint64_t counter
+    uint16_t id
+    uint16_t flags
+    uint32_t len
+    uint64_t addr
 
 ctypedef struct Region:
     uint64_t gpa
@@ -85,6 +124,25 @@ ctypedef struct PackedDevRing:       # the device's packed ring
     uint32_t pushed                  # used slots written since the last notify_needed
     uint16_t *ndesc                  # ring slots each in-flight buffer took
     uint32_t peeked_ndesc            # ring slots of the chain the last peek found
+    uint32_t held_slots              # ring slots of the buffers the device holds (or will pop again)
+
+ctypedef struct InflightRecord:    # the device's side of an inflight record (inflight.pxi)
+    unsigned char *region            # the record kept on every pop and push; NULL: none
+    uint64_t counter                 # the fetch order of the next chain popped
+    uint16_t *links                  # our copy of every desc[i].next (never read back from the shared region)
+    uint16_t last_batch_head         # split: the list of the last batch of used heads
+    uint32_t batch                   # split: used elements written since the last publication
+    uint16_t free_head               # packed: the free list (old_free_head too, between two operations)
+    uint16_t *entry_of               # packed: buffer id -> its chain's head entry
+    uint16_t *last_of                # packed: head entry -> its chain's last entry
+    vring_packed_desc *copies        # packed: the ring descriptors of the chain the last peek walked
+    uint16_t *pending                # heads (buffer ids) the record said were in flight, in counter order
+    uint32_t npending
+    uint32_t pending_pos             # the next of them to pop again
+    bint resubmitting                # the last peek found pending[pending_pos]
+    vring_packed_desc *kept          # packed: the pending chains' descriptors, one chain after the other
+    uint32_t *kept_start             # packed: where pending chain k starts in kept (npending + 1 entries)
+    vring_packed_desc *scratch       # packed: a pending chain laid out as a ring, for the packed walker
 
 ctypedef struct DevQueue:
     uint32_t size
@@ -95,7 +153,7 @@ ctypedef struct DevQueue:
     bint event_idx
     bint indirect
     uint32_t max_indirect
-    uint8_t *inflight                # per head (buffer id): 1 while the device holds it
+    uint8_t *inflight                # per head (buffer id): HEAD_FREE, _HELD, _MARKED or _PENDING (defs.pxi)
     uint32_t *inflight_wlen          # per head: its chain's writable bytes
     Seg *segs                        # scratch for the chain being walked
     uint32_t segs_cap
@@ -107,6 +165,7 @@ ctypedef struct DevQueue:
     bint packed
     SplitDevRing split
     PackedDevRing packed_ring
+    InflightRecord rec
 
 ctypedef struct SplitDrvRing:        # the driver's split ring
     vring_desc *desc
@@ -204,11 +263,19 @@ cdef class DeviceQueue:
     cdef readonly bint broken
     cdef readonly object error
     cdef unsigned long long _generation
+    cdef Py_buffer _region               # the inflight record's region, held while attached
     cdef int _setup(self, GuestMemory mem, object layout, object features, object max_indirect) except -1
     cdef int _bind(self) except -1
     cdef int _check(self) except -1
     cdef _fail(self, ChainError *err)
     cdef _reset(self)
+    cdef object _checked_state(self, object state)
+    cdef uint16_t *_ndesc_table(self)
+    cdef uint32_t _pending_slots(self)
+    cdef object _init_record(self, object view)
+    cdef object _recover_record(self, object view)
+    cdef _resume(self, object found)
+    cdef _detach(self)
     cdef int _restore_indices(self, object state) except -1
     cdef _push_error(self, int code, object head, object written)
 

@@ -7,9 +7,9 @@ or a region's size, and shared memory is read through ``barrier.h``. Errors are 
 ``vring._errors`` so that both twins say exactly the same thing.
 
 This module only gathers the parts, one concern per file under ``_cring/``, in the order they build on each other:
-constants, guest memory, chains and batches, the ring layouts' fields, what both layouts share, the C functions of
-each side and layout, the dispatch between layouts, the debug checks on entry and exit, the queue classes, the
-C floor.
+constants, guest memory, chains and batches, the ring layouts' fields, what both layouts share, the inflight record,
+the C functions of each side and layout, the dispatch between layouts, the debug checks on entry and exit, the queue
+classes, the C floor.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
@@ -33,6 +33,8 @@ from ._chainio import gather, write_chain
 from ._errors import (C_INT_RANGES, AddressError, broken_error, caller_error, chain_error, check_fits,
                       host_alignment_error, used_error)
 from ._features import DEFAULT_MAX_INDIRECT, Feature
+from ._inflight import (PACKED_ENTRIES, PACKED_ENTRY, SPLIT_ENTRIES, SPLIT_ENTRY, init_packed, init_split,
+                        record_version, recover_packed, recover_split, region_view)
 from ._layout import PackedLayout, SplitLayout
 from ._state import QueueState
 
@@ -45,6 +47,7 @@ include "_cring/batch.pxi"
 include "_cring/split_ring.pxi"
 include "_cring/packed_ring.pxi"
 include "_cring/descriptors.pxi"
+include "_cring/inflight.pxi"
 include "_cring/driver_checks.pxi"
 include "_cring/split_device.pxi"
 include "_cring/packed_device.pxi"

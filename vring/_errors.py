@@ -48,6 +48,18 @@ class QueueBroken(VringError):
     reason = "queue-broken"
 
 
+class InflightError(VringError, ValueError):
+    """An inflight record (vhost-user's "Inflight I/O tracking" region) that no crash of a device can have left:
+    a field out of range, a broken list, a record of another queue. The queue it was offered to is unchanged."""
+
+    reason = "inflight-record"
+
+
+def inflight_error(field: str, value: object, problem: str) -> InflightError:
+    """The InflightError for the record's ``field`` holding ``value`` (both twins word it through here)."""
+    return InflightError(f"inflight record: {field} {value} {problem}")
+
+
 class QueueFull(VringError):
     """The driver has not enough free descriptors for the chain (reap used buffers, then retry)."""
 
@@ -143,6 +155,10 @@ CHAIN_REASONS = (
     # A chain of more descriptors than the ring has: PACKED / Scatter-Gather Support: "A driver MUST NOT create a
     # descriptor list longer than the Queue Size."
     "chain-too-long",
+    # A chain that takes ring slots the device still holds (the slots of the buffers it holds and the new chain's
+    # add up to more than the ring): PACKED / The Virtqueue Descriptor Table, driver requirements: "A driver MUST NOT
+    # change a descriptor unless it observes the VIRTQ_DESC_F_USED bit in its flags being changed".
+    "slots-in-flight",
 )
 
 # The driver-side checks of what the device wrote into the used ring (MalformedUsed reasons), each naming what the
@@ -218,6 +234,8 @@ def chain_error(reason: str, head: int, index: int, in_indirect: bool, a: int = 
         text = f"{where} is not available (flags {a:#x}, wrap counter {b}): the chain is broken"
     elif reason == "chain-too-long":
         text = f"{where}: the chain has more than the ring's {a} descriptors"
+    elif reason == "slots-in-flight":
+        text = f"{where}: the chain takes {a} slots but only {b} are not held by the device"
     else:  # pragma: no cover - a reason without wording is a bug in vring itself
         raise AssertionError(f"unknown chain check {reason!r}")
     return MalformedChain(f"malformed chain ({reason}): {text}", reason)
@@ -270,7 +288,10 @@ CALLER_ERRORS: dict[str, tuple[type[Exception], str]] = {
     "max-indirect": (ValueError, "max_indirect must be at least 1"),
     "indirect-max": (ValueError, "indirect_max must be between 1 and {limit}"),
     "indirect-threshold": (ValueError, "indirect_threshold must be at least 1"),
-    "state-range": (ValueError, "state {state} is outside a ring of {size}"),
+    "inflight-region-size": (ValueError, "an inflight region of {given} bytes is smaller than the {needed} bytes a "
+                             "{kind} queue of {size} needs"),
+    "inflight-region-alignment": (ValueError, "an inflight region must start at an 8-byte aligned host address"),
+    "inflight-busy": (ValueError, "attach_inflight needs a queue that holds no chains; this one holds {held}"),
     # Driver side: adding chains
     "empty-chain": (ValueError, "a chain needs at least one buffer"),
     "chain-longer-than-queue": (ValueError, "a chain of {nseg} buffers is longer than the queue size {size}"),

@@ -176,3 +176,16 @@ def area_bytes(features: int, size: int) -> tuple[int, int, int]:
     if features & Feature.RING_PACKED:
         return DESC_SIZE * size, EVENT_BYTES, EVENT_BYTES
     return DESC_SIZE * size, SplitLayout.avail_bytes_for(size), SplitLayout.used_bytes_for(size)
+
+
+# vhost-user's "Inflight I/O tracking": one region per queue in the shared inflight buffer, a header and one entry
+# per descriptor (QueueRegionSplit: 16 + 16 per entry; QueueRegionPacked: 32 + 32 per entry), each region rounded
+# up to 64 bytes as libvhost-user and DPDK lay the buffer out.
+INFLIGHT_REGION_ALIGN = 64
+
+
+def inflight_region_size(queue_size: int, packed: bool) -> int:
+    """Bytes of one queue's region of the inflight buffer: split ``align_up(16 + 16*size, 64)``, packed
+    ``align_up(32 + 32*size, 64)``."""
+    entry = 32 if packed else 16
+    return _align_up(entry + entry * queue_size, INFLIGHT_REGION_ALIGN)

@@ -27,8 +27,17 @@ class StateError(VringError, ValueError):
 class QueueState(NamedTuple):
     """Where the device is in the rings.
 
-    ``used_idx`` of None on ``restore`` means "read it from the used ring", as a vhost-user backend does when it
-    takes over a ring a previous backend served. Indices are 16-bit; the wrap counters (packed rings) are 0 or 1.
+    ``used_idx`` of None on ``restore`` means "read it from the used ring" (split), "where the driver's next chain
+    starts" (packed), as a vhost-user backend does when it takes over a ring a previous backend served. Indices
+    are 16-bit; the wrap counters (packed rings) are 0 or 1. ``restore`` checks the state against the ring
+    (``checked_split`` / ``checked_packed``) before it changes anything.
+
+    Serialised forms, both versioned (``VERSION``), both refused whole (StateError) when they are not a state:
+
+    - ``to_bytes``: 12 bytes, little-endian: ``b"VRQS"``, u8 version, u8 flags (bit 0: used_idx present),
+      u16 last_avail_idx, u16 used_idx (0 when absent), u8 avail_wrap, u8 used_wrap.
+    - ``to_json``: an object ``{"format": "vring.QueueState", "version": 1, "last_avail_idx": ...,
+      "used_idx": ... or null, "avail_wrap": ..., "used_wrap": ...}``; ``from_json`` refuses unknown fields.
     """
 
     last_avail_idx: int
@@ -45,6 +54,28 @@ class QueueState(NamedTuple):
             limit = 2 if name.endswith("wrap") else 1 << 16
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < limit:
                 raise StateError(f"queue state: {name} {value!r} is not an integer from 0 to {limit - 1}")
+        return self
+
+    def checked_split(self, size: int, avail_idx: int) -> "QueueState":
+        """This state if a split ring of ``size`` can be there: at most ``size`` chains made available and not yet
+        popped (the avail ring's idx ``avail_idx`` - last_avail_idx), else StateError naming the field. used_idx
+        may trail last_avail_idx by any amount: restoring drops the chains the device held, and a device may
+        abandon chains that way (restore past a malformed one)."""
+        self.checked()
+        last = self.last_avail_idx
+        waiting = (avail_idx - last) & 0xFFFF
+        if waiting > size:
+            raise StateError(f"queue state: last_avail_idx {last} is {waiting} chains behind the avail ring's idx "
+                             f"{avail_idx}, more than the ring's {size}")
+        return self
+
+    def checked_packed(self, size: int) -> "QueueState":
+        """This state if it names slots of a packed ring of ``size``; else StateError naming the field."""
+        self.checked()
+        for name in ("last_avail_idx", "used_idx"):
+            value = getattr(self, name)
+            if value is not None and value >= size:
+                raise StateError(f"queue state: {name} {value} is not a slot of a ring of {size}")
         return self
 
     def to_bytes(self) -> bytes:

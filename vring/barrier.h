@@ -87,4 +87,12 @@ static inline uint64_t vring_load_used_elem_once(const void *src) {
     return v;
 }
 
+/* Keep the stores to an inflight record (vhost-user.rst, "Inflight I/O tracking") in the order the spec gives
+ * them: those before reach memory no later than those after, so that a device killed between any two leaves a
+ * record the reconnect procedure repairs. A release fence: on x86 it only stops the compiler, the CPU keeps stores
+ * in order. */
+static inline void vring_order_record(void) {
+    __atomic_thread_fence(__ATOMIC_RELEASE);
+}
+
 #endif

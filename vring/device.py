@@ -174,6 +174,14 @@ class VirtioDevice:
         self.status |= DEVICE_NEEDS_RESET
         log.error("queue %d is broken: %s", index, error)
 
+    def set_status(self, status: int) -> None:
+        """The driver wrote the device status byte (spec 2.1.1). DEVICE_NEEDS_RESET is the device's own bit: it
+        stays whatever else the driver writes, until the driver writes 0 (a reset, of the status alone here: the
+        transport decides what else a 0 resets)."""
+        if not 0 <= status <= 0xFF:
+            raise ValueError(f"device status {status:#x} is not a byte")
+        self.status = (status | self.status & DEVICE_NEEDS_RESET) if status else 0
+
     def reset(self) -> None:
         self.driver_features = 0
         self.status = 0

@@ -9,7 +9,8 @@ cdef inline void dev_check_common_invariants(DevQueue *q) noexcept nogil:
         return
     vring_assert(q.nseg <= q.segs_cap, "nseg <= segs_cap")
     for i in range(q.size):
-        vring_assert(q.inflight[i] <= 1, "a head is in flight (1) or not (0)")
+        vring_assert(q.inflight[i] == HEAD_FREE or q.inflight[i] == HEAD_HELD or q.inflight[i] == HEAD_PENDING,
+                     "a head is in flight (1) or not (0), or to be popped again (3)")
     dev_check_invariants(q)
 
 

@@ -27,6 +27,13 @@ cdef extern from "_cring/debug.h" nogil:
     void vring_debug_enter(uint8_t *busy, const char *queue)
     void vring_debug_exit(uint8_t *busy)
 
+# What a device queue's per-head table (DevQueue.inflight) holds for each head (buffer id).
+cdef enum:
+    HEAD_FREE = 0
+    HEAD_HELD = 1                    # popped, not pushed
+    HEAD_MARKED = 2                  # held, and seen already in the push batch being checked (dev_push_all)
+    HEAD_PENDING = 3                 # an inflight record said it was in flight: popped again before anything new
+
 # Ring constants, named as in vring._features (checked below).
 cdef enum:
     DESC_F_NEXT = 1                  # struct virtq_desc / pvirtq_desc flags
@@ -71,6 +78,7 @@ cdef enum:
     CHECK_BUFFER_ID_IN_FLIGHT
     CHECK_CHAIN_FLAGS
     CHECK_CHAIN_TOO_LONG
+    CHECK_SLOTS_IN_FLIGHT
     CHAIN_NO_MEMORY                  # not a check: the scratch for the chain's segments could not grow
 
 CHAIN_CHECK_CODES = {
@@ -94,6 +102,7 @@ CHAIN_CHECK_CODES = {
     "buffer-id-in-flight": CHECK_BUFFER_ID_IN_FLIGHT,
     "chain-flags": CHECK_CHAIN_FLAGS,
     "chain-too-long": CHECK_CHAIN_TOO_LONG,
+    "slots-in-flight": CHECK_SLOTS_IN_FLIGHT,
 }
 
 # The driver side's checks of what the device wrote, one code per MalformedUsed reason.

@@ -11,7 +11,7 @@ cdef inline int dev_pop(DevQueue *q, MemMap *m, uint16_t *head_out, ChainError *
 
 cdef inline int dev_check_push(DevQueue *q, uint64_t head, uint64_t written) noexcept nogil:
     """0 if the device may return ``head`` with ``written`` bytes, else a PUSH_* code."""
-    if head >= q.size or not q.inflight[head]:
+    if head >= q.size or q.inflight[head] != HEAD_HELD:
         return PUSH_HEAD_NOT_HELD
     if written > q.inflight_wlen[head]:
         return PUSH_WRITTEN_TOO_LARGE
@@ -39,19 +39,20 @@ cdef int dev_push_all(DevQueue *q, const push_head_t *heads, const push_len_t *l
         bad[0] = i
         if heads[i] < 0 or heads[i] >= q.size:
             code = PUSH_HEAD_NOT_HELD
+        elif q.inflight[heads[i]] == HEAD_MARKED:  # held: only its length or the repetition can be wrong
+            code = (PUSH_WRITTEN_TOO_LARGE if lens[i] < 0 or <uint64_t>lens[i] > q.inflight_wlen[heads[i]]
+                    else PUSH_PUSHED_TWICE)
         elif lens[i] < 0:
-            code = PUSH_WRITTEN_TOO_LARGE
+            code = PUSH_HEAD_NOT_HELD if q.inflight[heads[i]] != HEAD_HELD else PUSH_WRITTEN_TOO_LARGE
         else:
             code = dev_check_push(q, <uint64_t>heads[i], <uint64_t>lens[i])
-        if code == 0 and q.inflight[heads[i]] == 2:
-            code = PUSH_PUSHED_TWICE
         if code:
             for j in range(i):
-                q.inflight[heads[j]] = 1
+                q.inflight[heads[j]] = HEAD_HELD
             return code
-        q.inflight[heads[i]] = 2  # seen in this batch (still in flight)
+        q.inflight[heads[i]] = HEAD_MARKED  # seen in this batch (still in flight)
     for i in range(n):
-        q.inflight[heads[i]] = 1
+        q.inflight[heads[i]] = HEAD_HELD
         dev_put_used(q, <uint16_t>heads[i], <uint32_t>lens[i])
     if n:
         dev_publish(q)
@@ -71,6 +72,8 @@ cdef class DeviceQueue:
         memset(&self.q, 0, sizeof(DevQueue))
 
     def __dealloc__(self):
+        self._detach()
+        rec_free(&self.q.rec)
         free(self.q.inflight)
         free(self.q.inflight_wlen)
         free(self.q.segs)
@@ -150,6 +153,8 @@ cdef class DeviceQueue:
         return self.q.used_idx
 
     cdef _reset(self):
+        self._detach()
+        rec_free(&self.q.rec)
         self.q.last_avail = 0
         self.q.used_idx = 0
         self.broken = False
@@ -160,7 +165,8 @@ cdef class DeviceQueue:
         dev_reset(&self.q)
 
     def reset(self):
-        """Forget everything (device reset): indices back to 0, no chain in flight, not broken."""
+        """Forget everything (device reset): indices back to 0, no chain in flight, not broken, no inflight
+        record kept."""
         dev_enter(&self.q)
         try:
             self._reset()
@@ -172,25 +178,101 @@ cdef class DeviceQueue:
         return QueueState(self.q.last_avail, self.q.used_idx)
 
     def restore(self, state):
-        """Resume at a saved state; a ``used_idx`` of None is read from the used ring (vhost-user takeover)."""
+        """Resume at a saved state; a ``used_idx`` of None is read from the used ring (vhost-user takeover).
+
+        StateError, and the queue unchanged, if the ring cannot be in that state (see QueueState.checked_split).
+        """
         state = QueueState(*state)
         dev_enter(&self.q)
         try:
-            self._reset()
             self._bind()
+            state = self._checked_state(state)
+            self._reset()
             self._restore_indices(state)
         finally:
             dev_exit(&self.q)
 
+    cdef object _checked_state(self, state):
+        return state.checked_split(self.q.size, vring_observe_idx(split_avail_idx(self.q.split.avail)))
+
     cdef int _restore_indices(self, state) except -1:
-        # Split indices run free: any value is taken mod 2**16.
-        self.q.last_avail = int(state.last_avail_idx) & 0xFFFF
+        self.q.last_avail = state.last_avail_idx
         self.q.split.avail_shadow = self.q.last_avail
         if state.used_idx is None:
             self.q.used_idx = vring_read_shared_u16(split_used_idx(self.q.split.used))
         else:
-            self.q.used_idx = int(state.used_idx) & 0xFFFF
+            self.q.used_idx = state.used_idx
         return 0
+
+    # -- inflight record (vhost-user "Inflight I/O tracking", inflight.pxi) --------------------------------------
+    def attach_inflight(self, region):
+        """Keep the inflight record in ``region`` (one queue's region of vhost-user's inflight buffer, at least
+        ``inflight_region_size(size, packed)`` bytes, held until ``detach_inflight`` or ``reset``) on every pop and
+        push. A fresh (zeroed) region is initialised at the queue's position: returns 0. Else the record a device
+        left is checked (InflightError, the queue unchanged), repaired, and the queue resumes where it says: the
+        chains it had in flight are popped again first, in the order they were first popped; returns their number.
+        """
+        cdef uint32_t i, held = 0
+        cdef uint16_t *ndesc = self._ndesc_table()
+        dev_enter(&self.q)
+        try:
+            self._check()
+            view = region_view(region, self.q.size, ndesc != NULL)
+            for i in range(self.q.size):
+                held += self.q.inflight[i] != HEAD_FREE
+            if held:
+                raise caller_error("inflight-busy", held=held)
+            rec_alloc(&self.q.rec, self.q.size, ndesc != NULL)
+            try:
+                found = self._recover_record(view) if record_version(view) else self._init_record(view)
+            except BaseException:
+                rec_free(&self.q.rec)
+                raise
+            self._detach()
+            rec_fill(&self.q.rec, found, self.q.inflight, ndesc)
+            if record_version(view):
+                self._resume(found)
+            PyObject_GetBuffer(view, &self._region, PyBUF_WRITABLE)
+            self.q.rec.region = <unsigned char *>self._region.buf
+            return self.q.rec.npending
+        finally:
+            dev_exit(&self.q)
+
+    cdef uint16_t *_ndesc_table(self):
+        return NULL  # a split chain takes no ring slots of its own
+
+    cdef uint32_t _pending_slots(self):
+        return self.q.rec.npending - self.q.rec.pending_pos
+
+    cdef object _init_record(self, view):
+        return init_split(view, self.q.size, self.q.used_idx, self.q.last_avail)
+
+    cdef object _recover_record(self, view):
+        return recover_split(view, self.q.size, vring_read_shared_u16(split_used_idx(self.q.split.used)),
+                             vring_observe_idx(split_avail_idx(self.q.split.avail)))
+
+    cdef _resume(self, found):
+        self.q.used_idx = found.used_idx
+        self.q.last_avail = self.q.split.avail_shadow = found.last_avail_idx
+
+    cdef _detach(self):
+        if self.q.rec.region != NULL:
+            self.q.rec.region = NULL
+            PyBuffer_Release(&self._region)
+
+    def detach_inflight(self):
+        """Stop keeping the inflight record (the region is the caller's again); chains still to resubmit stay
+        in flight, as the device still holds them."""
+        dev_enter(&self.q)
+        try:
+            self._detach()
+        finally:
+            dev_exit(&self.q)
+
+    @property
+    def inflight_pending(self):
+        """Chains the inflight record said were in flight that pops have not returned again yet."""
+        return self.q.rec.npending - self.q.rec.pending_pos
 
     # -- popping -------------------------------------------------------------------------------------------
     def avail_pending(self):
@@ -203,7 +285,7 @@ cdef class DeviceQueue:
             if self.broken:
                 return 0
             self._bind()
-            return dev_avail_pending(&self.q)
+            return self._pending_slots() + dev_avail_pending(&self.q)
         finally:
             dev_exit(&self.q)
 
@@ -270,7 +352,7 @@ cdef class DeviceQueue:
                 head, written = int(head), int(written)  # huge, negative or not an int: the checks below word it
                 h = head if -1 <= head < 1 << 62 else -1
                 w = written if -1 <= written < 1 << 62 else -1
-            if h < 0 or h >= self.q.size or not self.q.inflight[h]:
+            if h < 0 or h >= self.q.size or self.q.inflight[h] != HEAD_HELD:
                 self._push_error(PUSH_HEAD_NOT_HELD, head, written)
             if w < 0 or w > self.q.inflight_wlen[h]:
                 self._push_error(PUSH_WRITTEN_TOO_LARGE, head, written)
@@ -399,7 +481,7 @@ cdef class DeviceQueue:
         try:
             self._check()
             self.q.notify_enabled = True
-            return dev_enable_notifications(&self.q)
+            return dev_enable_notifications(&self.q) or self.q.rec.pending_pos < self.q.rec.npending
         finally:
             dev_exit(&self.q)
 

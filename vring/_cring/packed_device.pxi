@@ -12,6 +12,7 @@ cdef inline void packed_dev_reset(DevQueue *q) noexcept nogil:
     q.packed_ring.avail_wrap = 1
     q.packed_ring.used_wrap = 1
     q.packed_ring.pushed = 0
+    q.packed_ring.held_slots = 0
 
 
 cdef inline void packed_dev_check_invariants(DevQueue *q) noexcept nogil:
@@ -24,19 +25,49 @@ cdef inline void packed_dev_check_invariants(DevQueue *q) noexcept nogil:
 
 
 cdef inline int packed_dev_peek(DevQueue *q, MemMap *m, uint16_t *head_out, ChainError *err) noexcept nogil:
-    """Read and check the chain at last_avail without taking it: 1, 0 (nothing available) or minus a code."""
-    cdef const vring_packed_desc *ring = q.packed_ring.desc
+    """Read and check the chain at last_avail (or the next one an inflight record gave back) without taking it:
+    1, 0 (nothing available) or minus a code."""
+    cdef int r
+    q.rec.resubmitting = q.rec.pending_pos < q.rec.npending
+    if q.rec.resubmitting:
+        return packed_dev_peek_kept(q, m, head_out, err)
+    if not packed_is_avail(packed_flags(q.packed_ring.desc, q.last_avail), q.packed_ring.avail_wrap):
+        return 0
+    r = packed_dev_walk(q, m, q.packed_ring.desc, q.last_avail, q.packed_ring.avail_wrap, HEAD_FREE,
+                        q.rec.copies if q.rec.region != NULL else NULL, head_out, err)
+    if r == 1 and q.packed_ring.held_slots + q.packed_ring.peeked_ndesc > q.size:
+        return -dev_fail(err, CHECK_SLOTS_IN_FLIGHT, q.last_avail, (q.last_avail + q.packed_ring.peeked_ndesc - 1)
+                         % q.size, False, q.packed_ring.peeked_ndesc, q.size - q.packed_ring.held_slots)
+    return r
+
+
+cdef inline int packed_dev_peek_kept(DevQueue *q, MemMap *m, uint16_t *head_out, ChainError *err) noexcept nogil:
+    """The next chain an inflight record gave back: its descriptors laid out as a ring from slot 0 (the slot
+    after them never available) and walked with every check of a chain the driver makes available."""
+    cdef uint32_t start = q.rec.kept_start[q.rec.pending_pos]
+    cdef uint32_t num = q.rec.kept_start[q.rec.pending_pos + 1] - start
+    cdef uint16_t head_flags = q.rec.kept[start].flags
+    cdef uint8_t wrap = (head_flags & PACKED_DESC_F_AVAIL) != 0
+    memcpy(q.rec.scratch, &q.rec.kept[start], num * sizeof(vring_packed_desc))
+    if num < q.size:
+        memset(&q.rec.scratch[num], 0, sizeof(vring_packed_desc))
+    if not packed_is_avail(head_flags, wrap):
+        return -dev_fail(err, CHECK_CHAIN_FLAGS, 0, 0, False, head_flags, wrap)
+    return packed_dev_walk(q, m, q.rec.scratch, 0, wrap, HEAD_PENDING, NULL, head_out, err)
+
+
+cdef inline int packed_dev_walk(DevQueue *q, MemMap *m, const vring_packed_desc *ring, uint16_t pos, uint8_t wrap,
+                                uint8_t expected, vring_packed_desc *copies, uint16_t *head_out,
+                                ChainError *err) noexcept nogil:
+    """Walk and check the chain at ``pos`` of ``ring`` (available in the lap ``wrap``) into q.segs, its buffer id's
+    entry of q.inflight being ``expected``; its ring descriptors go to ``copies`` unless NULL. 1 or minus a code."""
     cdef const unsigned char *table
     cdef uint64_t words[2]
     cdef uint64_t addr, readable_len = 0, writable_len = 0
-    cdef uint16_t pos = q.last_avail
-    cdef uint32_t head_pos = q.last_avail, count = 0, length, k, entries
-    cdef uint8_t wrap = q.packed_ring.avail_wrap
+    cdef uint32_t head_pos = pos, count = 0, length, k, entries
     cdef uint16_t flags, buffer_id = 0
     cdef bint seen_writable = False
     cdef int r
-    if not packed_is_avail(packed_flags(ring, pos), wrap):
-        return 0
     q.nseg = 0
     q.was_indirect = False
     while True:
@@ -50,6 +81,11 @@ cdef inline int packed_dev_peek(DevQueue *q, MemMap *m, uint16_t *head_out, Chai
         flags = <uint16_t>(words[1] >> 48)
         if count and not packed_is_avail(flags, wrap):
             return -dev_fail(err, CHECK_CHAIN_FLAGS, head_pos, pos, False, flags, wrap)
+        if copies != NULL:
+            copies[count].addr = addr
+            copies[count].len = length
+            copies[count].id = buffer_id
+            copies[count].flags = flags
         count += 1
         if flags & DESC_F_INDIRECT:
             r = dev_open_indirect(q, m, addr, length, flags, head_pos, pos, False, &table, err)
@@ -74,7 +110,7 @@ cdef inline int packed_dev_peek(DevQueue *q, MemMap *m, uint16_t *head_out, Chai
         packed_advance(&pos, &wrap, 1, q.size)
     if buffer_id >= q.size:
         return -dev_fail(err, CHECK_BUFFER_ID_OUT_OF_RANGE, head_pos, pos, False, buffer_id, q.size)
-    if q.inflight[buffer_id]:
+    if q.inflight[buffer_id] != expected:
         return -dev_fail(err, CHECK_BUFFER_ID_IN_FLIGHT, head_pos, pos, False, buffer_id, 0)
     q.readable_len = <uint32_t>readable_len
     q.writable_len = <uint32_t>writable_len
@@ -84,9 +120,15 @@ cdef inline int packed_dev_peek(DevQueue *q, MemMap *m, uint16_t *head_out, Chai
 
 
 cdef inline void packed_dev_commit(DevQueue *q, uint16_t buffer_id) noexcept nogil:
-    q.inflight[buffer_id] = 1
+    q.inflight[buffer_id] = HEAD_HELD
     q.inflight_wlen[buffer_id] = q.writable_len
     q.packed_ring.ndesc[buffer_id] = <uint16_t>q.packed_ring.peeked_ndesc
+    if q.rec.resubmitting:  # keeps its record entries and counter; its slots are in held_slots already
+        q.rec.pending_pos += 1
+        return
+    q.packed_ring.held_slots += q.packed_ring.peeked_ndesc
+    if q.rec.region != NULL:
+        packed_rec_fetched(&q.rec, q.packed_ring.peeked_ndesc)
     packed_advance(&q.last_avail, &q.packed_ring.avail_wrap, q.packed_ring.peeked_ndesc, q.size)
 
 
@@ -101,10 +143,17 @@ cdef inline void packed_dev_put_used(DevQueue *q, uint16_t buffer_id, uint32_t w
     # The used descriptor takes the place of the chain's first slot: AVAIL = USED = our wrap counter.
     cdef uint16_t flags = ((PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED if q.packed_ring.used_wrap else 0)
                            | (DESC_F_WRITE if written else 0))
-    packed_publish_desc(&q.packed_ring.desc[q.used_idx], written, buffer_id, flags)
-    q.inflight[buffer_id] = 0
-    packed_advance(&q.used_idx, &q.packed_ring.used_wrap, q.packed_ring.ndesc[buffer_id], q.size)
-    q.packed_ring.pushed += q.packed_ring.ndesc[buffer_id]
+    cdef uint16_t slot = q.used_idx, head = 0
+    cdef uint32_t ndesc = q.packed_ring.ndesc[buffer_id]
+    packed_advance(&q.used_idx, &q.packed_ring.used_wrap, ndesc, q.size)
+    if q.rec.region != NULL:  # each push a batch of one for the record: the chain's entries back first
+        head = packed_rec_used(&q.rec, buffer_id, q.used_idx, q.packed_ring.used_wrap)
+    packed_publish_desc(&q.packed_ring.desc[slot], written, buffer_id, flags)
+    q.inflight[buffer_id] = HEAD_FREE
+    if q.rec.region != NULL:
+        packed_rec_done(&q.rec, head, q.used_idx, q.packed_ring.used_wrap)
+    q.packed_ring.pushed += ndesc
+    q.packed_ring.held_slots -= ndesc
 
 
 cdef inline bint packed_dev_notify_needed(DevQueue *q) noexcept nogil:

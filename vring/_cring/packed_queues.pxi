@@ -34,18 +34,40 @@ cdef class PackedDeviceQueue(DeviceQueue):
         """The device's wrap counter (spec 2.8.1) for the next used descriptor it writes: 0 or 1."""
         return self.q.packed_ring.used_wrap
 
+    cdef uint16_t *_ndesc_table(self):
+        return self.q.packed_ring.ndesc
+
+    cdef uint32_t _pending_slots(self):
+        cdef uint32_t i, slots = 0
+        for i in range(self.q.rec.pending_pos, self.q.rec.npending):
+            slots += self.q.packed_ring.ndesc[self.q.rec.pending[i]]
+        return slots
+
+    cdef object _init_record(self, view):
+        return init_packed(view, self.q.size, self.q.used_idx, self.q.packed_ring.used_wrap, self.q.last_avail,
+                           self.q.packed_ring.avail_wrap)
+
+    cdef object _recover_record(self, view):
+        flags = self.mem.view(self.layout.desc, self.layout.desc_bytes).cast("H")[7::8]  # every desc[i].flags
+        return recover_packed(view, self.q.size, flags.__getitem__)
+
+    cdef _resume(self, found):
+        self.q.used_idx, self.q.packed_ring.used_wrap = found.used_idx, found.used_wrap
+        self.q.last_avail, self.q.packed_ring.avail_wrap = found.last_avail_idx, found.avail_wrap
+        self.q.packed_ring.held_slots = sum(found.num.values())
+
+    cdef object _checked_state(self, state):
+        return state.checked_packed(self.q.size)
+
     cdef int _restore_indices(self, state) except -1:
         # Packed indices are ring slots, each with its lap's wrap counter; a used_idx of None means "where the
         # driver's next chain starts".
-        size = self.q.size
-        if not 0 <= state.last_avail_idx < size or state.used_idx is not None and not 0 <= state.used_idx < size:
-            raise caller_error("state-range", state=tuple(state), size=size)
         self.q.last_avail = state.last_avail_idx
-        self.q.packed_ring.avail_wrap = int(state.avail_wrap) & 1
+        self.q.packed_ring.avail_wrap = state.avail_wrap
         if state.used_idx is None:
             self.q.used_idx, self.q.packed_ring.used_wrap = self.q.last_avail, self.q.packed_ring.avail_wrap
         else:
-            self.q.used_idx, self.q.packed_ring.used_wrap = state.used_idx, int(state.used_wrap) & 1
+            self.q.used_idx, self.q.packed_ring.used_wrap = state.used_idx, state.used_wrap
         return 0
 
 

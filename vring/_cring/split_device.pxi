@@ -75,6 +75,14 @@ cdef inline int split_dev_peek(DevQueue *q, MemMap *m, uint16_t *head_out, Chain
     cdef uint16_t avail_idx
     cdef uint16_t head = 0
     cdef int r
+    q.rec.resubmitting = q.rec.pending_pos < q.rec.npending
+    if q.rec.resubmitting:  # a chain an inflight record gave back: walked from its head like any other
+        head = q.rec.pending[q.rec.pending_pos]
+        r = split_dev_walk(q, m, head, err)
+        if r:
+            return -r
+        head_out[0] = head
+        return 1
     if q.split.avail_shadow == q.last_avail:
         # Everything seen so far is consumed: look at avail->idx again (acquire: ring entries after it).
         avail_idx = vring_observe_idx(split_avail_idx(q.split.avail))
@@ -96,8 +104,13 @@ cdef inline int split_dev_peek(DevQueue *q, MemMap *m, uint16_t *head_out, Chain
 
 
 cdef inline void split_dev_commit(DevQueue *q, uint16_t head) noexcept nogil:
-    q.inflight[head] = 1
+    q.inflight[head] = HEAD_HELD
     q.inflight_wlen[head] = q.writable_len
+    if q.rec.resubmitting:  # keeps its record entry and its counter
+        q.rec.pending_pos += 1
+        return
+    if q.rec.region != NULL:
+        split_rec_fetched(&q.rec, head)
     q.last_avail += 1
 
 
@@ -114,12 +127,16 @@ cdef inline void split_dev_put_used(DevQueue *q, uint16_t head, uint32_t written
     elem.id = head
     elem.len = written
     memcpy(split_used_elem(q.split.used, q.size, q.used_idx), &elem, sizeof(elem))
-    q.inflight[head] = 0
+    if q.rec.region != NULL:
+        split_rec_used(&q.rec, head)  # the list of the last batch, before used->idx is published
+    q.inflight[head] = HEAD_FREE
     q.used_idx += 1
 
 
 cdef inline void split_dev_publish(DevQueue *q) noexcept nogil:
     vring_publish_idx(split_used_idx(q.split.used), q.used_idx)  # release: the elements first
+    if q.rec.region != NULL:
+        split_rec_published(&q.rec, q.used_idx)
 
 
 cdef inline bint split_dev_notify_needed(DevQueue *q) noexcept nogil:

@@ -10,7 +10,10 @@ indices. The head descriptor's flags are the publication: written last (release)
 
 from __future__ import annotations
 
-from .._errors import caller_error, chain_error
+from typing import Any
+
+from .._errors import chain_error
+from .._inflight import PackedRecovery, init_packed, recover_packed
 from .._features import (
     DEFAULT_MAX_INDIRECT,
     DESC_F_INDIRECT,
@@ -25,9 +28,10 @@ from .._layout import PackedLayout
 from .._state import QueueState
 from .chain import Chain, Piece
 from .descriptors import add_buffer, indirect_table
+from .inflight import PackedRecord
 from .memory import GuestMemory
 from .rings import PACKED_DESC, PackedRings, advance, event_wants, is_avail
-from .split_device import DeviceQueue
+from .split_device import HELD, PENDING, DeviceQueue
 
 
 class PackedDeviceQueue(DeviceQueue):
@@ -50,26 +54,45 @@ class PackedDeviceQueue(DeviceQueue):
         self.avail_wrap = 1
         self.used_wrap = 1
         self._pushed = 0  # used slots written since the last notify_needed
+        self._held_slots = 0  # ring slots of the buffers the device holds (or will pop again)
         self._peeked_ndesc = 0
+        self._peeked_descs: list[tuple[int, int, int, int]] = []  # the peeked chain's ring descriptors, for the record
+        self._resubmit_descs: dict[int, list[tuple[int, int, int, int]]] = {}  # pending buffer id -> its descriptors
 
     @property
     def state(self) -> QueueState:
         return QueueState(self.last_avail_idx, self.used_idx, self.avail_wrap, self.used_wrap)
 
     def restore(self, state: QueueState | tuple[int, ...]) -> None:
-        """Resume at a saved state; a ``used_idx`` of None means "where the driver's next chain starts"."""
-        state = QueueState(*state)
-        self.reset()
+        """Resume at a saved state; a ``used_idx`` of None means "where the driver's next chain starts".
+
+        StateError, and the queue unchanged, for slots outside the ring (see QueueState.checked_packed).
+        """
         self._bind()
-        size = self.size
-        if not 0 <= state.last_avail_idx < size or state.used_idx is not None and not 0 <= state.used_idx < size:
-            raise caller_error("state-range", state=tuple(state), size=size)
-        self.last_avail_idx = int(state.last_avail_idx)
-        self.avail_wrap = int(state.avail_wrap) & 1
+        state = QueueState(*state).checked_packed(self.size)
+        self.reset()
+        self.last_avail_idx = state.last_avail_idx
+        self.avail_wrap = state.avail_wrap
         if state.used_idx is None:
             self.used_idx, self.used_wrap = self.last_avail_idx, self.avail_wrap
         else:
-            self.used_idx, self.used_wrap = int(state.used_idx), int(state.used_wrap) & 1
+            self.used_idx, self.used_wrap = state.used_idx, state.used_wrap
+
+    def _init_record(self, view: memoryview) -> None:
+        found = init_packed(view, self.size, self.used_idx, self.used_wrap, self.last_avail_idx, self.avail_wrap)
+        self._start_record(PackedRecord(view, found), [])
+
+    def _recover_record(self, view: memoryview, rings: Any) -> int:
+        packed_rings: PackedRings = rings
+        found: PackedRecovery = recover_packed(view, self.size, packed_rings.desc_flags.__getitem__)  # desc[i].flags
+        self._start_record(PackedRecord(view, found), found.pending)
+        for buffer_id in found.pending:
+            self._ndesc[buffer_id] = found.num[buffer_id]
+        self._held_slots = sum(found.num.values())
+        self._resubmit_descs = found.entries
+        self.used_idx, self.used_wrap = found.used_idx, found.used_wrap
+        self.last_avail_idx, self.avail_wrap = found.last_avail_idx, found.avail_wrap
+        return len(found.pending)
 
     def avail_pending(self) -> int:
         """Descriptors made available from last_avail_idx on (0 if broken)."""
@@ -80,15 +103,36 @@ class PackedDeviceQueue(DeviceQueue):
         while count < self.size and is_avail(rings.desc_flags[pos], wrap):  # desc[pos].flags
             count += 1
             pos, wrap = advance(pos, wrap, 1, self.size)
-        return count
+        return count + sum(self._ndesc[i] for i in self._pending[self._pending_pos:])
 
     def _peek(self) -> Chain | None:
         rings: PackedRings = self._rings
-        size = self.size
+        self._resubmitting = self._pending_pos < len(self._pending)
+        if self._resubmitting:
+            return self._peek_resubmitted(self._resubmit_descs[self._pending[self._pending_pos]])
         pos, wrap = self.last_avail_idx, self.avail_wrap
         # desc[last_avail].flags, acquire: the descriptor's other fields, and the rest of the chain, after it.
         if not is_avail(rings.desc_flags[pos], wrap):
             return None
+        return self._walk_chain(rings.desc, pos, wrap, 0, [] if self._record is not None else None)
+
+    def _peek_resubmitted(self, descs: list[tuple[int, int, int, int]]) -> Chain:
+        """A chain the inflight record kept: its descriptors laid out as a ring from slot 0 (the slot after them
+        never available) and walked with every check of a chain the driver makes available."""
+        scratch = bytearray(DESC_SIZE * self.size)
+        for k, (addr, length, buffer_id, flags) in enumerate(descs):
+            PACKED_DESC.pack_into(scratch, DESC_SIZE * k, addr, length, buffer_id, flags)
+        head_flags = descs[0][3]
+        wrap = 1 if head_flags & PACKED_DESC_F_AVAIL else 0
+        if not is_avail(head_flags, wrap):
+            raise chain_error("chain-flags", 0, 0, False, head_flags, wrap)
+        return self._walk_chain(scratch, 0, wrap, PENDING, None)
+
+    def _walk_chain(self, ring: Any, pos: int, wrap: int, expected: int,
+                    copies: list[tuple[int, int, int, int]] | None) -> Chain:
+        """Walk and check the chain at ``pos`` of ``ring`` (available in the lap ``wrap``), whose buffer id's
+        entry of the in-flight table must be ``expected``; its ring descriptors go to ``copies`` if given."""
+        size = self.size
         head_pos = pos
         pieces: list[Piece] = []
         readable_len = writable_len = 0
@@ -99,10 +143,12 @@ class PackedDeviceQueue(DeviceQueue):
             if count >= size:
                 raise chain_error("chain-too-long", head_pos, pos, False, size)
             # struct pvirtq_desc, read once: every check and every use below works on this copy.
-            addr, length, buffer_id, flags = PACKED_DESC.unpack_from(rings.desc, DESC_SIZE * pos)
+            addr, length, buffer_id, flags = PACKED_DESC.unpack_from(ring, DESC_SIZE * pos)
             if count and not is_avail(flags, wrap):
                 raise chain_error("chain-flags", head_pos, pos, False, flags, wrap)
             count += 1
+            if copies is not None:
+                copies.append((addr, length, buffer_id, flags))
             if flags & DESC_F_INDIRECT:
                 table = indirect_table(self.mem, head_pos, pos, False, addr, length, flags, self._indirect,
                                        self.max_indirect)
@@ -121,15 +167,25 @@ class PackedDeviceQueue(DeviceQueue):
             pos, wrap = advance(pos, wrap, 1, size)
         if buffer_id >= size:
             raise chain_error("buffer-id-out-of-range", head_pos, pos, False, buffer_id, size)
-        if self._inflight[buffer_id]:
+        if self._inflight[buffer_id] != expected:
             raise chain_error("buffer-id-in-flight", head_pos, pos, False, buffer_id)
+        if not expected and self._held_slots + count > size:
+            raise chain_error("slots-in-flight", head_pos, pos, False, count, size - self._held_slots)
         self._peeked_ndesc = count
+        if copies is not None:
+            self._peeked_descs = copies
         return Chain._make(buffer_id, pieces, readable_len, writable_len, was_indirect)
 
     def _commit(self, chain: Chain) -> None:
-        self._inflight[chain.head] = 1
+        self._inflight[chain.head] = HELD
         self._inflight_wlen[chain.head] = chain.writable_len
         self._ndesc[chain.head] = self._peeked_ndesc
+        if self._resubmitting:  # its slots were counted in _held_slots when the record was attached
+            self._pending_pos += 1
+            return
+        self._held_slots += self._peeked_ndesc
+        if self._record is not None:
+            self._record.fetched(self._peeked_descs)
         self.last_avail_idx, self.avail_wrap = advance(self.last_avail_idx, self.avail_wrap, self._peeked_ndesc,
                                                        self.size)
 
@@ -144,10 +200,17 @@ class PackedDeviceQueue(DeviceQueue):
         # The used descriptor: AVAIL = USED = our wrap counter; id and len first, then flags (release).
         pos = self.used_idx
         flags = (PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED if self.used_wrap else 0) | (DESC_F_WRITE if written else 0)
+        after = advance(pos, self.used_wrap, self._ndesc[head], self.size)
+        record = self._record
+        if record is not None:  # each push is a batch of one for the record: its entries back first
+            record.used(head, *after)
         rings.put_used(pos, head, written, flags)  # desc[used_idx]
         self._inflight[head] = 0
-        self.used_idx, self.used_wrap = advance(pos, self.used_wrap, self._ndesc[head], self.size)
+        if record is not None:
+            record.done()
+        self.used_idx, self.used_wrap = after
         self._pushed += self._ndesc[head]
+        self._held_slots -= self._ndesc[head]
 
     def _publish_used(self) -> None:
         pass  # every used descriptor's flags published it
@@ -170,6 +233,8 @@ class PackedDeviceQueue(DeviceQueue):
         self._notify_enabled = True
         rings.device_event.arm(self._event_idx, self.last_avail_idx, self.avail_wrap)  # device event suppression
         # full fence: the store above is visible before we look at the next descriptor again.
+        if self.inflight_pending:
+            return True
         return is_avail(rings.desc_flags[self.last_avail_idx], self.avail_wrap)  # desc[last_avail_idx].flags
 
     def disable_notifications(self) -> None:

@@ -6,9 +6,10 @@ Every shared-memory access goes through a ``SplitRings`` view named for the fiel
 
 from __future__ import annotations
 
-from typing import ClassVar, Iterable
+from typing import Any, ClassVar, Iterable
 
 from .._errors import MalformedChain, VringError, caller_error, chain_error
+from .._inflight import SplitRecovery, init_split, record_version, recover_split, region_view
 from .._features import (
     AVAIL_F_NO_INTERRUPT,
     DEFAULT_MAX_INDIRECT,
@@ -25,9 +26,15 @@ from .._state import QueueState
 from .batch import Batch
 from .chain import Chain, Piece
 from .descriptors import add_buffer, indirect_table
+from .inflight import SplitRecord
 from .memory import GuestMemory
 from .queue import Queue, as_c_ints
 from .rings import DESC, SplitRings
+
+# What the device's per-head table holds: a chain the device holds (popped, not pushed), or one an inflight record
+# says it held when it died, to be popped again before anything new.
+HELD = 1
+PENDING = 3
 
 
 class DeviceQueue(Queue):
@@ -51,13 +58,14 @@ class DeviceQueue(Queue):
         self.max_indirect = max_indirect
         self._indirect = bool(features & Feature.INDIRECT_DESC)
         self._map_rings()
-        self._inflight = bytearray(self.size)  # 1 while the device holds the chain at that head
+        self._inflight = bytearray(self.size)  # HELD while the device holds the chain at that head, PENDING
         self._inflight_wlen = [0] * self.size  # writable bytes of each in-flight chain (caps push's length)
         self.reset()
 
     # -- state ---------------------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Forget everything (device reset): indices back to 0, no chain in flight, not broken."""
+        """Forget everything (device reset): indices back to 0, no chain in flight, not broken, no inflight
+        record kept."""
         self.last_avail_idx = 0
         self._avail_shadow = 0  # avail->idx as last read: read again only once everything up to it is popped
         self.used_idx = 0
@@ -68,22 +76,74 @@ class DeviceQueue(Queue):
         self._signalled_used = 0
         self._signalled_valid = False
         self._inflight[:] = bytes(self.size)
+        self._record: Any = None  # the inflight record kept, if one is attached
+        self._pending: list[int] = []  # heads the record said were in flight, popped again first
+        self._pending_pos = 0
+        self._resubmitting = False  # the chain the last _peek found is one of them
 
     @property
     def state(self) -> QueueState:
         return QueueState(self.last_avail_idx, self.used_idx)
 
     def restore(self, state: QueueState | tuple[int, ...]) -> None:
-        """Resume at a saved state; a ``used_idx`` of None is read from the used ring (vhost-user takeover)."""
-        state = QueueState(*state)
-        self.reset()
+        """Resume at a saved state; a ``used_idx`` of None is read from the used ring (vhost-user takeover).
+
+        StateError, and the queue unchanged, if the ring cannot be in that state (see QueueState.checked_split).
+        """
         rings: SplitRings = self._bind()
-        self.last_avail_idx = int(state.last_avail_idx) & 0xFFFF
+        used_ring_idx, avail_idx = rings.used_idx[0], rings.avail_idx[0]  # used->idx, avail->idx
+        state = QueueState(*state).checked_split(self.size, avail_idx)
+        self.reset()
+        self.last_avail_idx = state.last_avail_idx
         self._avail_shadow = self.last_avail_idx
-        if state.used_idx is None:
-            self.used_idx = rings.used_idx[0]  # used->idx
-        else:
-            self.used_idx = int(state.used_idx) & 0xFFFF
+        self.used_idx = used_ring_idx if state.used_idx is None else state.used_idx
+
+    # -- inflight record (vhost-user "Inflight I/O tracking") ----------------------------------------------------
+    def attach_inflight(self, region: Any) -> int:
+        """Keep the inflight record in ``region`` (one queue's region of vhost-user's inflight buffer, at least
+        ``inflight_region_size(size, packed)`` bytes, held until ``detach_inflight`` or ``reset``) on every pop and
+        push. A fresh (zeroed) region is initialised at the queue's position: returns 0. Else the record a device
+        left is checked (InflightError, the queue unchanged), repaired, and the queue resumes where it says: the
+        chains it had in flight are popped again first, in the order they were first popped; returns their number.
+        """
+        rings = self._check()
+        view = region_view(region, self.size, self._kind == "packed")
+        held = self.size - self._inflight.count(0)
+        if held:
+            raise caller_error("inflight-busy", held=held)
+        if record_version(view) == 0:
+            self._init_record(view)
+            return 0
+        return self._recover_record(view, rings)
+
+    def _init_record(self, view: memoryview) -> None:
+        self._start_record(SplitRecord(view, init_split(view, self.size, self.used_idx, self.last_avail_idx)), [])
+
+    def _recover_record(self, view: memoryview, rings: SplitRings) -> int:
+        used_ring_idx, avail_idx = rings.used_idx[0], rings.avail_idx[0]  # used->idx, avail->idx
+        found: SplitRecovery = recover_split(view, self.size, used_ring_idx, avail_idx)
+        self._start_record(SplitRecord(view, found), found.pending)
+        self.used_idx = found.used_idx
+        self.last_avail_idx = self._avail_shadow = found.last_avail_idx
+        return len(found.pending)
+
+    def _start_record(self, record: Any, pending: list[int]) -> None:
+        self._inflight[:] = bytes(self.size)
+        for head in pending:
+            self._inflight[head] = PENDING
+        self._record = record
+        self._pending = pending
+        self._pending_pos = 0
+
+    def detach_inflight(self) -> None:
+        """Stop keeping the inflight record (the region is the caller's again); chains still to resubmit stay
+        in flight, as the device still holds them."""
+        self._record = None
+
+    @property
+    def inflight_pending(self) -> int:
+        """Chains the inflight record said were in flight that pops have not returned again yet."""
+        return len(self._pending) - self._pending_pos
 
     # -- popping -------------------------------------------------------------------------------------------
     def avail_pending(self) -> int:
@@ -91,7 +151,7 @@ class DeviceQueue(Queue):
         if self.broken:
             return 0
         rings: SplitRings = self._bind()
-        return (rings.avail_idx[0] - self.last_avail_idx) & 0xFFFF  # avail->idx (acquire)
+        return self.inflight_pending + ((rings.avail_idx[0] - self.last_avail_idx) & 0xFFFF)  # avail->idx (acquire)
 
     def pop(self) -> Chain | None:
         """The next available chain, or None. Raises MalformedChain (and latches broken) on bad driver input."""
@@ -131,9 +191,15 @@ class DeviceQueue(Queue):
         return chain
 
     def _commit(self, chain: Chain) -> None:
-        """Take the chain ``_peek`` returned."""
-        self._inflight[chain.head] = 1
+        """Take the chain ``_peek`` returned: in the inflight record, unless it is one the record gave back (it
+        keeps its entry and counter)."""
+        self._inflight[chain.head] = HELD
         self._inflight_wlen[chain.head] = chain.writable_len
+        if self._resubmitting:
+            self._pending_pos += 1
+            return
+        if self._record is not None:
+            self._record.fetched(chain.head)
         self.last_avail_idx = (self.last_avail_idx + 1) & 0xFFFF
 
     def _peek(self) -> Chain | None:
@@ -141,6 +207,9 @@ class DeviceQueue(Queue):
         (the caller latches the queue broken)."""
         rings: SplitRings = self._rings
         size = self.size
+        self._resubmitting = self._pending_pos < len(self._pending)
+        if self._resubmitting:
+            return self._walk(rings, self._pending[self._pending_pos])
         if self._avail_shadow == self.last_avail_idx:
             # Everything seen so far is consumed: look at the index again (acquire: ring entries after it).
             avail_idx = rings.avail_idx[0]  # avail->idx
@@ -231,7 +300,7 @@ class DeviceQueue(Queue):
 
     # -- pushing -------------------------------------------------------------------------------------------
     def _check_push(self, head: int, written: int) -> None:
-        if not 0 <= head < self.size or not self._inflight[head]:
+        if not 0 <= head < self.size or self._inflight[head] != HELD:
             raise caller_error("head-not-held", head=head)
         if not 0 <= written <= self._inflight_wlen[head]:
             raise caller_error("written-too-large", written=written, writable=self._inflight_wlen[head])
@@ -240,6 +309,8 @@ class DeviceQueue(Queue):
         rings: SplitRings = self._rings
         # used->ring[used_idx % size] = {id, len}; plain stores, published by the release of used->idx.
         rings.set_used_entry(self.used_idx & (self.size - 1), head, written)
+        if self._record is not None:
+            self._record.used(head)  # the list of the last batch, before used->idx is published
         self._inflight[head] = 0
         self.used_idx = (self.used_idx + 1) & 0xFFFF
 
@@ -273,6 +344,8 @@ class DeviceQueue(Queue):
     def _publish_used(self) -> None:
         rings: SplitRings = self._rings
         rings.used_idx[0] = self.used_idx  # used->idx, release: the elements are visible first
+        if self._record is not None:
+            self._record.published(self.used_idx)
 
     def push_batch(self, batch: Batch, count: int | None = None) -> None:
         """Return the first ``count`` (default ``batch.count``) chains of ``batch`` with ``batch.lens`` bytes
@@ -309,7 +382,7 @@ class DeviceQueue(Queue):
             self._used_flags &= ~USED_F_NO_NOTIFY
             rings.used_flags[0] = self._used_flags  # used->flags
         # full fence: the store above is visible before we look at avail->idx again.
-        return rings.avail_idx[0] != self.last_avail_idx  # avail->idx
+        return self.inflight_pending > 0 or rings.avail_idx[0] != self.last_avail_idx  # avail->idx
 
     def disable_notifications(self) -> None:
         """Tell the driver kicks are not needed (the device polls); with EVENT_IDX avail_event just stops moving."""

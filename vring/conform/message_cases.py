@@ -5,13 +5,15 @@ read on the same connection shows whether the back-end went on correctly."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 
+from .. import inflight_region_size
 from .._features import Feature
-from ..vhost_user.protocol import FLAG_NEED_REPLY, U64, VERSION, VRING_NOFD_MASK, VRING_STATE, Request
+from ..vhost_user.protocol import FLAG_NEED_REPLY, INFLIGHT, U64, VERSION, VRING_NOFD_MASK, VRING_STATE, Request
 from .cases import Case
 from .guest import REGION_BYTES, Region
-from .session import Session, new_eventfd
+from .session import QUEUE_SIZE, Session, new_eventfd
 
 FAR_QUEUE = 0xFFFF  # a queue index no back-end has
 BIG = 1 << 63
@@ -145,6 +147,47 @@ def bad_version(s: Session, _pattern: bytes) -> None:
     s.wire.reply(Request.SET_OWNER)
 
 
+def _inflight_bytes(s: Session) -> int:
+    """The bytes of an inflight buffer for the session's one ring."""
+    return inflight_region_size(QUEUE_SIZE, bool(s.features & Feature.RING_PACKED))
+
+
+def _get_inflight(num_queues: int, queue_size: int):
+    def attack(s: Session, _pattern: bytes) -> None:
+        s.wire.request(Request.GET_INFLIGHT_FD, INFLIGHT.pack(0, 0, num_queues, queue_size))
+    return attack
+
+
+def _set_inflight(size: int | None = None, offset: int = 0, fd_bytes: int | None = None, kind: str = "memfd"):
+    """SET_INFLIGHT_FD of a buffer for queue 0 (``size`` bytes at ``offset``: by default just the one region)
+    in a fresh, zeroed fd of ``fd_bytes`` (by default the buffer's end); ``kind`` "pipe" sends a pipe instead,
+    "unsealable" a memfd that cannot be sealed against shrinking, "none" no fd at all."""
+    def attack(s: Session, _pattern: bytes) -> None:
+        length = _inflight_bytes(s) if size is None else size
+        payload = INFLIGHT.pack(length, offset, 1, QUEUE_SIZE)
+        if kind == "none":
+            s.wire.request(Request.SET_INFLIGHT_FD, payload)
+            return
+        if kind == "pipe":
+            fd, s.fds["pipe"] = os.pipe2(os.O_CLOEXEC)
+        else:
+            fd = os.memfd_create("conform-inflight", os.MFD_CLOEXEC | (0 if kind == "unsealable"
+                                                                        else os.MFD_ALLOW_SEALING))
+            os.ftruncate(fd, min(offset + length, 1 << 30) if fd_bytes is None else fd_bytes)
+            if kind == "sealed":
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)
+        s.fds["inflight"] = fd
+        s.share_memory()
+        s.wire.request(Request.SET_INFLIGHT_FD, payload, [fd])
+    return attack
+
+
+def _status(value: int):
+    def attack(s: Session, _pattern: bytes) -> None:
+        s.wire.request(Request.SET_STATUS, U64.pack(value))
+    return attack
+
+
 def _case(name: str, summary: str, attack, **options) -> Case:
     return Case(f"msg.{name}", summary, "message", attack, **options)
 
@@ -193,4 +236,28 @@ MESSAGE_CASES = [
     _case("payload-short", "SET_VRING_NUM with a 4-byte payload", short_payload),
     _case("payload-oversized", "a header announcing a 1 MiB payload, and the payload", oversized_payload),
     _case("header-bad-version", "SET_OWNER with version 2 in its flags", bad_version),
+    _case("inflight-get-queues-0", "GET_INFLIGHT_FD for 0 queues", _get_inflight(0, QUEUE_SIZE)),
+    _case("inflight-get-queues-max", "GET_INFLIGHT_FD for 65535 queues", _get_inflight(0xFFFF, QUEUE_SIZE)),
+    _case("inflight-get-size-odd", "GET_INFLIGHT_FD for queues of 100 (not a power of two)",
+          _get_inflight(1, 100)),
+    _case("inflight-get-size-huge", "GET_INFLIGHT_FD for queues of 65535 (over 32768)", _get_inflight(1, 0xFFFF)),
+    _case("inflight-set", "SET_INFLIGHT_FD of a zeroed buffer sealed against shrinking (well-formed)",
+          _set_inflight(kind="sealed")),
+    _case("inflight-set-size-0", "SET_INFLIGHT_FD with mmap_size 0", _set_inflight(size=0, fd_bytes=4096)),
+    _case("inflight-set-size-2^63", "SET_INFLIGHT_FD with mmap_size 2^63", _set_inflight(size=BIG, fd_bytes=4096)),
+    _case("inflight-set-offset-2^63", "SET_INFLIGHT_FD with mmap_offset 2^63",
+          _set_inflight(offset=BIG, fd_bytes=4096)),
+    _case("inflight-set-offset-odd", "SET_INFLIGHT_FD with mmap_offset 16 (not page-aligned)",
+          _set_inflight(offset=16, fd_bytes=8192)),
+    _case("inflight-set-past-fd", "SET_INFLIGHT_FD of 1 MiB from a 4 KiB memfd",
+          _set_inflight(size=1 << 20, fd_bytes=4096)),
+    _case("inflight-set-too-small", "SET_INFLIGHT_FD of 64 bytes, less than one region", _set_inflight(size=64)),
+    _case("inflight-set-pipe", "SET_INFLIGHT_FD with a pipe as the fd", _set_inflight(kind="pipe")),
+    _case("inflight-set-unsealable", "SET_INFLIGHT_FD with a memfd that cannot be sealed against shrinking",
+          _set_inflight(kind="unsealable")),
+    _case("inflight-set-no-fd", "SET_INFLIGHT_FD without an fd", _set_inflight(kind="none")),
+    _case("status-zero", "SET_STATUS 0 before the rings start (well-formed: QEMU sends it when stopping)",
+          _status(0)),
+    _case("status-huge", "SET_STATUS 0x100 (the status is one byte)", _status(0x100)),
+    _case("status-2^63", "SET_STATUS 2^63", _status(BIG)),
 ]

@@ -4,6 +4,7 @@ rings. Messages go to the handler and its answers back on the socket; a kick ser
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import socket
 import threading
@@ -63,7 +64,12 @@ class Connection:
         msg = recv_message(self.sock)
         reply = self.handler.handle(msg)
         if reply is not None:
-            send_message(self.sock, msg.request, reply, flags=VERSION | FLAG_REPLY)
+            fds = self.handler.take_reply_fds()
+            try:
+                send_message(self.sock, msg.request, reply, fds, flags=VERSION | FLAG_REPLY)
+            finally:
+                for fd in fds:  # the peer has its own copy now
+                    os.close(fd)
 
     def close(self) -> None:
         """Close the rings, the memory, the device, the selector and the socket (each even if one before fails)."""

@@ -20,15 +20,16 @@ from typing import Any, Sequence
 
 from .. import (
     DriverQueue, GuestMemory, PackedDriverQueue, QueueState, contiguous_bytes, contiguous_layout,
-    create_driver_queue,
+    create_driver_queue, inflight_region_size,
 )
 from .._features import Feature
 from .._layout import RingLayout
 from ..notify import RingError, wait_for_used
+from .inflight import InflightDescription, recorded_in_flight
 from .protocol import (
-    CONFIG_HEAD, F_PROTOCOL_FEATURES, FLAG_NEED_REPLY, FLAG_REPLY, MEM_REGION, MEM_TABLE_HEAD, REPLYING, U64,
-    VERSION, VRING_ADDR, VRING_STATE, ProtocolError, ProtocolFeature, Request, connect, decode_ring_base,
-    encode_ring_base, recv_message, send_message,
+    CONFIG_HEAD, F_PROTOCOL_FEATURES, FLAG_NEED_REPLY, FLAG_REPLY, INFLIGHT, MEM_REGION, MEM_TABLE_HEAD, REPLYING,
+    U64, VERSION, VRING_ADDR, VRING_STATE, Message, ProtocolError, ProtocolFeature, Request, connect,
+    decode_ring_base, encode_ring_base, recv_message, send_message,
 )
 
 log = logging.getLogger("vring.vhost_user.frontend")
@@ -36,7 +37,8 @@ log = logging.getLogger("vring.vhost_user.frontend")
 GPA_BASE = 0x1_0000_0000  # 4 GiB: far from where the memfd lands in our address space
 PAGE = mmap.PAGESIZE
 WANTED_PROTOCOL_FEATURES = (ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK | ProtocolFeature.CONFIG
-                            | ProtocolFeature.CONFIGURE_MEM_SLOTS)
+                            | ProtocolFeature.CONFIGURE_MEM_SLOTS | ProtocolFeature.INFLIGHT_SHMFD
+                            | ProtocolFeature.RESET_DEVICE | ProtocolFeature.STATUS)
 
 
 class BackendError(Exception):
@@ -51,6 +53,19 @@ class FrontQueue:
     call: int
     err: int
     layout: RingLayout
+
+
+@dataclass
+class KeptInflight:
+    """The inflight buffer a back-end made (GET_INFLIGHT_FD), kept to hand to every back-end after it."""
+
+    fd: int
+    map: mmap.mmap
+    description: InflightDescription
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
 
 
 class Allocator:
@@ -96,6 +111,9 @@ class Frontend:
         self.protocol_features = 0
         self.acked_protocol_features = False  # SET_FEATURES carried F_PROTOCOL_FEATURES: rings start disabled
         self.queues: list[FrontQueue] = []
+        self.wanted = 0  # the features asked for, asked again of a back-end after a reconnect
+        self.inflight: KeptInflight | None = None
+        self.memory_shared = False  # with the back-end of this connection (a device reset keeps it)
         self.mem_size = mem_size
         self.memfd = os.memfd_create("vring-frontend", os.MFD_CLOEXEC)
         os.ftruncate(self.memfd, mem_size)
@@ -109,18 +127,64 @@ class Frontend:
     def connect(self) -> "Frontend":
         try:
             self.sock = connect(self.path, self.timeout)
+            self.memory_shared = False
         except (FileNotFoundError, ConnectionRefusedError):
             raise BackendError(f"no back-end listening on {self.path} after {self.timeout} s") from None
         return self
 
     def close(self) -> None:
+        self._forget_queues()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _forget_queues(self) -> None:
+        """Close the rings' eventfds and drop the inflight buffer: nothing of the device's set-up is kept."""
         for q in self.queues:
             for fd in (q.kick, q.call, q.err):
                 os.close(fd)
         self.queues = []
+        if self.inflight is not None:
+            self.inflight.close()
+            self.inflight = None
+
+    def reconnect(self, timeout: float | None = None) -> None:
+        """The back-end went away (killed, crashed, upgraded): connect to the one now listening on the same path
+        (retrying for up to ``timeout`` seconds, the front-end's timeout by default) and set the device up again
+        where it was, as QEMU does with ``reconnect=1``: the same features and memory, the inflight buffer the
+        last back-end recorded in, and every ring at its current state — a split ring at the used index read
+        from its used ring, a packed ring at its initial state (a back-end with the inflight record takes both
+        from the record) — then kick every ring."""
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        wait = self.timeout if timeout is None else timeout
+        try:
+            self.sock = connect(self.path, wait)
+            self.sock.settimeout(self.timeout)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise BackendError(f"no back-end listening on {self.path} after {wait} s") from None
+        features = self.features
+        if self.negotiate(self.wanted) != features:
+            raise BackendError(f"the new back-end grants features {self.features:#x}, not {features:#x} as before")
+        self.share_memory()
+        if self.inflight is not None and not self.protocol_features & ProtocolFeature.INFLIGHT_SHMFD:
+            # As QEMU: the rings restart at their used index (split), and what was in flight is served again
+            log.warning("the new back-end does not offer INFLIGHT_SHMFD: it cannot know what was in flight")
+            self.inflight.close()
+            self.inflight = None
+        if self.inflight is not None:
+            self._set_inflight()
+        packed = bool(features & Feature.RING_PACKED)
+        for q in self.queues:
+            if packed:
+                base = encode_ring_base(QueueState(0, 0), packed)
+            else:
+                base = int.from_bytes(self.mem.read(q.layout.device_area + 2, 2), "little")  # used->idx
+            self._setup_ring(q, base)
+        self._enable(self.queues)
+        for q in self.queues:
+            os.eventfd_write(q.kick, 1)  # the driver's state is another thread's: a kick is always right
 
     def __enter__(self) -> "Frontend":
         return self
@@ -146,6 +210,12 @@ class Frontend:
         return None
 
     def _reply(self, request: Request) -> bytes:
+        msg = self._reply_message(request)
+        msg.close_fds()
+        return msg.payload
+
+    def _reply_message(self, request: Request) -> Message:
+        """The reply to ``request``, with any fds it carries (the caller's to close)."""
         assert self.sock is not None
         try:
             msg = recv_message(self.sock)
@@ -153,10 +223,10 @@ class Frontend:
             raise BackendError(f"{request.name}: no reply in {self.timeout} s") from None
         except ProtocolError as exc:
             raise BackendError(f"{request.name}: {exc}") from None
-        msg.close_fds()
         if msg.request != request or not msg.flags & FLAG_REPLY:
+            msg.close_fds()
             raise BackendError(f"{request.name}: got {msg.name} (flags {msg.flags:#x}) instead of its reply")
-        return msg.payload
+        return msg
 
     def _u64(self, request: Request) -> int:
         reply = self.request(request)
@@ -178,6 +248,7 @@ class Frontend:
         self.request(Request.SET_OWNER)
         features = (int(wanted) | Feature.VERSION_1) & offered & ~F_PROTOCOL_FEATURES
         self.request(Request.SET_FEATURES, U64.pack(features | transport))
+        self.wanted = int(wanted)
         self.features = features
         self.acked_protocol_features = bool(transport)
         log.info("features %#x, protocol features %#x", features, self.protocol_features)
@@ -187,6 +258,28 @@ class Frontend:
         if not self.protocol_features & ProtocolFeature.MQ:
             return 1
         return self._u64(Request.GET_QUEUE_NUM)
+
+    # -- device status and reset ---------------------------------------------------------------------------
+    def _need(self, feature: ProtocolFeature) -> None:
+        if not self.protocol_features & feature:
+            raise BackendError(f"the back-end does not offer the {feature.name} protocol feature")
+
+    def get_status(self) -> int:
+        """The device status byte (GET_STATUS); DEVICE_NEEDS_RESET (64) once a ring broke on bad input."""
+        self._need(ProtocolFeature.STATUS)
+        return self._u64(Request.GET_STATUS)
+
+    def set_status(self, status: int) -> None:
+        self._need(ProtocolFeature.STATUS)
+        self.request(Request.SET_STATUS, U64.pack(status))
+
+    def reset_device(self) -> None:
+        """RESET_DEVICE: the back-end stops every ring and forgets the device's set-up (features, rings, inflight
+        buffer), keeping the memory; so does this front-end. Negotiate and set the queues up again after it."""
+        self._need(ProtocolFeature.RESET_DEVICE)
+        self.request(Request.RESET_DEVICE)
+        self._forget_queues()
+        self.features = 0
 
     def get_config(self, size: int, offset: int = 0) -> bytes:
         if not self.protocol_features & ProtocolFeature.CONFIG:
@@ -202,6 +295,7 @@ class Frontend:
         return MEM_REGION.pack(GPA_BASE, self.mem_size, self.uva, 0)
 
     def share_memory(self) -> None:
+        self.memory_shared = True
         if self.protocol_features & ProtocolFeature.CONFIGURE_MEM_SLOTS:
             self.request(Request.ADD_MEM_REG, bytes(8) + self._region(), [self.memfd])
         else:
@@ -210,9 +304,59 @@ class Frontend:
     def uva_of(self, gpa: int) -> int:
         return self.uva + (gpa - GPA_BASE)
 
+    # -- the inflight buffer -------------------------------------------------------------------------------
+    def _get_inflight(self, count: int, size: int) -> None:
+        """GET_INFLIGHT_FD: the back-end makes the buffer for ``count`` rings of ``size``; map and keep it."""
+        assert self.sock is not None, "connect() first"
+        send_message(self.sock, Request.GET_INFLIGHT_FD, InflightDescription(0, 0, count, size).pack())
+        msg = self._reply_message(Request.GET_INFLIGHT_FD)
+        try:
+            if len(msg.payload) != INFLIGHT.size or len(msg.fds) != 1:
+                raise BackendError(f"GET_INFLIGHT_FD: reply of {len(msg.payload)} bytes and {len(msg.fds)} fds, "
+                                   f"expected {INFLIGHT.size} and 1")
+            try:
+                description = InflightDescription.unpack(msg.payload, "GET_INFLIGHT_FD reply", count, mapping=True)
+                mapped = mmap.mmap(msg.fds[0], description.mmap_size, offset=description.mmap_offset)
+            except (ProtocolError, OSError, ValueError) as exc:
+                raise BackendError(f"GET_INFLIGHT_FD: {exc}") from None
+            if (description.num_queues, description.queue_size) != (count, size):
+                mapped.close()
+                raise BackendError(f"GET_INFLIGHT_FD: a buffer for {description.num_queues} queues of "
+                                   f"{description.queue_size}, not the {count} of {size} asked for")
+        except BaseException:
+            msg.close_fds()
+            raise
+        self.inflight = KeptInflight(msg.fds[0], mapped, description)
+
+    def _set_inflight(self) -> None:
+        assert self.inflight is not None
+        self.request(Request.SET_INFLIGHT_FD, self.inflight.description.pack(), [self.inflight.fd])
+
+    def inflight_count(self, queue: int) -> int:
+        """How many chains of ring ``queue`` the back-end has recorded as in flight in the inflight buffer (0
+        without one): popped and not yet completed, as the record says right now."""
+        if self.inflight is None:
+            return 0
+        d = self.inflight.description
+        packed = bool(self.features & Feature.RING_PACKED)
+        region_size = inflight_region_size(d.queue_size, packed)
+        region = memoryview(self.inflight.map)[queue * region_size:(queue + 1) * region_size]
+        try:
+            return recorded_in_flight(region, d.queue_size, packed)
+        finally:
+            region.release()
+
+    # -- memory and rings (continued) ----------------------------------------------------------------------
     def setup_queues(self, count: int, size: int = 128, **driver_kwargs: int) -> list[FrontQueue]:
-        """Share memory, then set up ``count`` rings of ``size`` and start them (kick, call, enable)."""
-        self.share_memory()
+        """Share memory, then set up ``count`` rings of ``size`` and start them (kick, call, enable). A back-end
+        that offers INFLIGHT_SHMFD is asked for an inflight buffer first, as QEMU does, so that a ``reconnect``
+        to its successor loses no request."""
+        if not self.memory_shared:
+            self.share_memory()
+        if self.protocol_features & ProtocolFeature.INFLIGHT_SHMFD:
+            if self.inflight is None:
+                self._get_inflight(count, size)
+            self._set_inflight()
         features = self.features
         indirect_max = driver_kwargs.pop("indirect_max", 16)
         options: dict[str, Any] = {**driver_kwargs, "indirect_max": indirect_max}  # the driver queue's keywords
@@ -224,20 +368,29 @@ class Frontend:
                                                                             PAGE), PAGE)
             driver: DriverQueue | PackedDriverQueue = create_driver_queue(
                 self.mem, layout, features, indirect_area=tables, **options)
-            # SET_VRING_ADDR's desc, "used" and "avail": for a packed ring the device and driver event areas
-            areas = (layout.desc, layout.device_area, layout.driver_area)
             kick, call, err = (os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(3))
-            self.request(Request.SET_VRING_NUM, VRING_STATE.pack(index, size))
-            self.request(Request.SET_VRING_BASE, VRING_STATE.pack(index, fresh))
-            self.request(Request.SET_VRING_ADDR, VRING_ADDR.pack(index, 0, *(self.uva_of(a) for a in areas), 0))
-            self.request(Request.SET_VRING_CALL, U64.pack(index), [call])
-            self.request(Request.SET_VRING_ERR, U64.pack(index), [err])
-            self.request(Request.SET_VRING_KICK, U64.pack(index), [kick])
-            self.queues.append(FrontQueue(index, driver, kick, call, err, layout))
-        if self.acked_protocol_features:
-            for index in range(count):
-                self.request(Request.SET_VRING_ENABLE, VRING_STATE.pack(index, 1))
+            queue = FrontQueue(index, driver, kick, call, err, layout)
+            self._setup_ring(queue, fresh)
+            self.queues.append(queue)
+        self._enable(self.queues[-count:])
         return self.queues
+
+    def _setup_ring(self, q: FrontQueue, base: int) -> None:
+        """Hand the back-end ring ``q``: its size, ``base``, addresses and eventfds (the kick starts it)."""
+        layout = q.layout
+        # SET_VRING_ADDR's desc, "used" and "avail": for a packed ring the device and driver event areas
+        areas = (layout.desc, layout.device_area, layout.driver_area)
+        self.request(Request.SET_VRING_NUM, VRING_STATE.pack(q.index, layout.size))
+        self.request(Request.SET_VRING_BASE, VRING_STATE.pack(q.index, base))
+        self.request(Request.SET_VRING_ADDR, VRING_ADDR.pack(q.index, 0, *(self.uva_of(a) for a in areas), 0))
+        self.request(Request.SET_VRING_CALL, U64.pack(q.index), [q.call])
+        self.request(Request.SET_VRING_ERR, U64.pack(q.index), [q.err])
+        self.request(Request.SET_VRING_KICK, U64.pack(q.index), [q.kick])
+
+    def _enable(self, queues: list[FrontQueue]) -> None:
+        if self.acked_protocol_features:
+            for q in queues:
+                self.request(Request.SET_VRING_ENABLE, VRING_STATE.pack(q.index, 1))
 
     def stop_queue(self, index: int) -> int:
         """GET_VRING_BASE: the back-end stops the ring and says where it is: the next available index it would

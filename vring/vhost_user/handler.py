@@ -14,18 +14,21 @@ from typing import Callable, Literal, Protocol, Union
 from .._errors import VringError
 from .._features import Feature, MAX_QUEUE_SIZE
 from .._layout import area_bytes
-from ..device import VirtioDevice
+from ..device import DEVICE_NEEDS_RESET, VirtioDevice
+from .inflight import InflightBuffer, InflightDescription
 from .memory_table import MAX_MEM_SLOTS, MemoryTable, MemRegion
 from .protocol import (
-    CONFIG_FLAG_MIGRATION, CONFIG_HEAD, F_PROTOCOL_FEATURES, MAX_CONFIG_SIZE, MAX_FDS, MEM_REGION, MEM_TABLE_HEAD,
-    U64, VRING_ADDR, VRING_IDX_MASK, VRING_NOFD_MASK, VRING_STATE, Message, ProtocolError, ProtocolFeature, Request,
+    CONFIG_FLAG_MIGRATION, CONFIG_HEAD, F_PROTOCOL_FEATURES, INFLIGHT, MAX_CONFIG_SIZE, MAX_FDS, MEM_REGION,
+    MEM_TABLE_HEAD, U64, VRING_ADDR, VRING_IDX_MASK, VRING_NOFD_MASK, VRING_STATE, Message, ProtocolError,
+    ProtocolFeature, Request,
 )
 from .vring import Vring, not_an_eventfd
 
 log = logging.getLogger("vring.vhost_user")
 
 OFFERED_PROTOCOL_FEATURES = (ProtocolFeature.MQ | ProtocolFeature.REPLY_ACK | ProtocolFeature.CONFIG
-                             | ProtocolFeature.CONFIGURE_MEM_SLOTS)
+                             | ProtocolFeature.CONFIGURE_MEM_SLOTS | ProtocolFeature.INFLIGHT_SHMFD
+                             | ProtocolFeature.RESET_DEVICE | ProtocolFeature.STATUS)
 
 _EVENTFD_ROLES = {Request.SET_VRING_KICK: "kick", Request.SET_VRING_CALL: "call", Request.SET_VRING_ERR: "err"}
 
@@ -53,14 +56,20 @@ class Handler:
         self.acked_protocol_features = False  # SET_FEATURES carried F_PROTOCOL_FEATURES
         self.memory = MemoryTable()
         self.vrings = self._new_vrings()
+        self.inflight: InflightBuffer | None = None  # the buffer the rings record what is in flight in
+        self._reply_fds: list[int] = []  # sent with the reply being built, then closed (take_reply_fds)
         self._handlers: dict[Request, Callable[[Message], Reply]] = {
             Request.GET_FEATURES: self._on_get_features,
             Request.SET_FEATURES: self._on_set_features,
             Request.GET_PROTOCOL_FEATURES: self._on_get_protocol_features,
             Request.SET_PROTOCOL_FEATURES: self._on_set_protocol_features,
             Request.SET_OWNER: self._on_set_owner,
-            Request.RESET_OWNER: self._on_reset_owner,
-            Request.RESET_DEVICE: self._on_reset_owner,  # the same for a back-end with no state outside its rings
+            Request.RESET_OWNER: self._on_reset,
+            Request.RESET_DEVICE: self._on_reset,  # what RESET_OWNER was used for, now with a name of its own
+            Request.SET_STATUS: self._on_set_status,
+            Request.GET_STATUS: self._on_get_status,
+            Request.GET_INFLIGHT_FD: self._on_get_inflight_fd,
+            Request.SET_INFLIGHT_FD: self._on_set_inflight_fd,
             Request.GET_QUEUE_NUM: self._on_get_queue_num,
             Request.GET_MAX_MEM_SLOTS: self._on_get_max_mem_slots,
             Request.SET_MEM_TABLE: self._on_set_mem_table,
@@ -82,17 +91,25 @@ class Handler:
         return [Vring(i, self.device, self.name) for i in range(self.device.num_queues)]
 
     def close(self) -> None:
-        """The session is over: close the rings' eventfds, unmap the memory and close the device."""
+        """The session is over: close the rings' eventfds, unmap the memory and the inflight buffer and close the
+        device."""
         try:
             for vring in self.vrings:
                 vring.close()
             self.memory.close()
+            self._set_inflight(None)
         finally:
             self.device.close()
 
+    def take_reply_fds(self) -> list[int]:
+        """The fds to send with the reply ``handle`` just returned; the caller closes them once sent."""
+        fds, self._reply_fds = self._reply_fds, []
+        return fds
+
     # -- dispatch ------------------------------------------------------------------------------------------
     def handle(self, msg: Message) -> bytes | None:
-        """Act on one message; returns the payload of the reply to send, or None when nothing is answered."""
+        """Act on one message; returns the payload of the reply to send (with the fds ``take_reply_fds`` gives),
+        or None when nothing is answered."""
         try:
             request = Request(msg.request)
         except ValueError:
@@ -160,7 +177,9 @@ class Handler:
     def _on_set_owner(self, msg: Message) -> None:
         self._expect(msg, 0)  # this connection is its session: nothing to record
 
-    def _on_reset_owner(self, msg: Message) -> None:
+    def _on_reset(self, msg: Message) -> None:
+        """RESET_DEVICE (or RESET_OWNER): stop every ring and forget its set-up, reset the device (features,
+        status) and drop the inflight buffer; the memory table and the protocol features stay."""
         self._expect(msg, 0)
         for vring in self.vrings:
             self._stop(vring)
@@ -168,6 +187,59 @@ class Handler:
         self.vrings = self._new_vrings()
         self.acked_protocol_features = False
         self.device.reset()
+        self._set_inflight(None)
+        log.info("%s: device reset", self.name)
+
+    # -- device status -------------------------------------------------------------------------------------
+    def _on_set_status(self, msg: Message) -> None:
+        # Only the status byte: a driver that writes 0 on the way to GET_VRING_BASE (QEMU 7.2 stopping the
+        # device) keeps its rings where they are.
+        self._expect(msg, U64.size)
+        (status,) = U64.unpack(msg.payload)
+        if status > 0xFF:
+            raise ProtocolError(f"SET_STATUS: status {status:#x} is not a byte")
+        self.device.set_status(status)
+        log.info("%s: device status %#x", self.name, status)
+
+    def _on_get_status(self, msg: Message) -> bytes:
+        self._expect(msg, 0)
+        broken = any(vring.broken for vring in self.vrings)
+        return U64.pack(self.device.status | (DEVICE_NEEDS_RESET if broken else 0))
+
+    # -- inflight buffer -----------------------------------------------------------------------------------
+    @property
+    def _packed(self) -> bool:
+        return bool(self.device.driver_features & Feature.RING_PACKED)
+
+    def _set_inflight(self, buffer: InflightBuffer | None) -> None:
+        """Use ``buffer`` for the rings started from now on, unmapping the one before (a started ring keeps its
+        region of it mapped until it stops)."""
+        if self.inflight is not None:
+            self.inflight.close()
+        self.inflight = buffer
+
+    def _on_get_inflight_fd(self, msg: Message) -> bytes:
+        self._expect(msg, INFLIGHT.size)
+        asked = InflightDescription.unpack(msg.payload, msg.name, self.device.num_queues, mapping=False)
+        buffer, fd = InflightBuffer.create(asked.num_queues, asked.queue_size, self._packed)
+        self._set_inflight(buffer)
+        self._reply_fds = [fd]
+        log.info("%s: new inflight buffer of %d %s regions of %d entries (%d bytes)", self.name, asked.num_queues,
+                 "packed" if self._packed else "split", asked.queue_size, buffer.description.mmap_size)
+        return buffer.description.pack()
+
+    def _on_set_inflight_fd(self, msg: Message) -> None:
+        self._expect(msg, INFLIGHT.size, 1)
+        description = InflightDescription.unpack(msg.payload, msg.name, self.device.num_queues, mapping=True)
+        buffer = InflightBuffer.open(msg.fds[0], description, msg.name)  # the mapping keeps the memory
+        try:
+            buffer.check_fits(self._packed, msg.name)
+        except ProtocolError:
+            buffer.close()
+            raise
+        self._set_inflight(buffer)
+        log.info("%s: inflight buffer of %d regions of %d entries (%d bytes at %#x)", self.name,
+                 description.num_queues, description.queue_size, description.mmap_size, description.mmap_offset)
 
     def _on_get_queue_num(self, msg: Message) -> bytes:
         self._expect(msg, 0)
@@ -213,7 +285,15 @@ class Handler:
         limit = min(MAX_QUEUE_SIZE, self.device.max_queue_size)
         if not 1 <= num <= limit or num & (num - 1):
             raise ProtocolError(f"SET_VRING_NUM: queue {index} size {num} is not a power of two up to {limit}")
+        self._check_inflight_size(msg, index, num)
         vring.num = num
+
+    def _check_inflight_size(self, msg: Message, index: int, num: int) -> None:
+        """A ring with a region in the inflight buffer has the size the buffer was made for."""
+        buffer = self.inflight
+        if buffer is not None and index < buffer.description.num_queues and num != buffer.description.queue_size:
+            raise ProtocolError(f"{msg.name}: queue {index} size {num} is not the inflight buffer's queue_size "
+                                f"{buffer.description.queue_size}")
 
     def _on_set_vring_addr(self, msg: Message) -> None:
         self._expect(msg, VRING_ADDR.size)
@@ -309,8 +389,12 @@ class Handler:
                 raise ProtocolError(f"{msg.name}: ring address {uva:#x} (+{length}) is not in any memory region")
             gpas.append(gpa)
         desc, driver_area, device_area = gpas
+        region = None
+        if self.inflight is not None:
+            self._check_inflight_size(msg, vring.index, vring.num)
+            region = self.inflight.region(vring.index, packed, msg.name)
         try:
-            vring.start(self.memory.mem, features, desc, driver_area, device_area)
+            vring.start(self.memory.mem, features, desc, driver_area, device_area, region)
         except (VringError, ValueError, TypeError) as exc:
             raise ProtocolError(f"{msg.name}: queue {vring.index} cannot start: {exc}") from None
         self.kicks.watch(vring)

@@ -32,6 +32,9 @@ MEM_TABLE_HEAD = struct.Struct("=II")  # nregions, padding
 CONFIG_HEAD = struct.Struct("=III")  # offset, size, flags
 CONFIG_FLAG_MIGRATION = 1  # the highest config flags value: 0 is a front-end access, 1 one during migration
 MAX_CONFIG_SIZE = 256
+# VhostUserInflight: mmap_size, mmap_offset, num_queues, queue_size, and the 4 bytes of padding that round
+# QEMU's (unpacked) struct up to 24
+INFLIGHT = struct.Struct("=QQHH4x")
 VRING_IDX_MASK = 0xFF
 VRING_NOFD_MASK = 1 << 8
 

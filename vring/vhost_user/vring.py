@@ -37,11 +37,14 @@ class Vring:
         self.queue: Any = None  # the device queue while the ring is started (kick received, not stopped)
         self.packed = False  # the layout the queue was started with
         self.broken = False
+        self.recording = False  # the queue keeps a record in its region of the inflight buffer
 
     # -- lifecycle -----------------------------------------------------------------------------------------
-    def start(self, mem: Any, features: int, desc: int, driver_area: int, device_area: int) -> None:
+    def start(self, mem: Any, features: int, desc: int, driver_area: int, device_area: int,
+              inflight: memoryview | None = None) -> None:
         """Take the ring over at its base: a device queue under the negotiated ``features`` at these
-        guest-physical addresses. Raises VringError, ValueError or TypeError for a ring that cannot be."""
+        guest-physical addresses, recording what is in flight in ``inflight`` (its region of the inflight
+        buffer) if given. Raises VringError, ValueError or TypeError for a ring that cannot be."""
         packed = bool(features & Feature.RING_PACKED)
         queue = create_device_queue(mem, ring_layout(features, self.num, desc, driver_area, device_area), features)
         # A split ring's used index comes from the ring itself, as a back-end taking over a running ring must read it.
@@ -49,16 +52,44 @@ class Vring:
         self.queue = queue
         self.packed = packed
         self.broken = False
+        self.recording = False
+        if inflight is not None:
+            self._attach(inflight)
+
+    def _attach(self, region: memoryview) -> None:
+        """Keep the inflight record in ``region``; a record left by a back-end before us sets where the ring is
+        and which chains come back first. A record no crash can leave (the front-end's or a guest's doing)
+        breaks this ring only, as a malformed chain does."""
+        try:
+            resubmit = self.queue.attach_inflight(region)
+        except (VringError, ValueError) as exc:
+            self.broken = True
+            log.error("%s: queue %d stopped: %s", self.name, self.index, exc)
+            self.device.queue_broken(self.index, exc)
+            self.signal_error()
+            return
+        self.recording = True
+        if resubmit:
+            log.info("%s: queue %d: resubmitting %d requests from the inflight record", self.name, self.index,
+                     resubmit)
 
     def stop(self) -> None:
         """Drop the device queue, keeping where it is in ``base`` for GET_VRING_BASE or a restart."""
         if self.queue is not None:
             self.base = encode_ring_base(self.queue.state, self.packed)
-            self.queue = None
+            self._drop_queue()
+
+    def _drop_queue(self) -> None:
+        """Let go of the queue and of its region of the inflight buffer (which the record stays in)."""
+        if self.recording:
+            self.queue.detach_inflight()
+            self.recording = False
+        self.queue = None
 
     def close(self) -> None:
         """The connection is gone: drop the queue and close the eventfds."""
-        self.queue = None
+        if self.queue is not None:
+            self._drop_queue()
         self.set_kick(-1)
         self.set_call(-1)
         self.set_err(-1)

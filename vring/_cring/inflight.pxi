@@ -1,0 +1,181 @@
+# The inflight record kept on every pop and push (vhost-user.rst, "Inflight I/O tracking"), in C: the stores each
+# pop and push makes, in the spec's order with vring_order_record between them, so that a device killed at any
+# instruction leaves a record the reconnect procedure repairs; and attaching a record (vring._inflight checks and
+# repairs it, the same code as the pure-Python twin's). The links the device follows are its own copy
+# (InflightRecord.links): a peer scribbling on the shared region cannot send it outside the region.
+
+cdef inline InflightSplitHeader *split_rec_header(InflightRecord *r) noexcept nogil:
+    return <InflightSplitHeader *>r.region
+
+
+cdef inline InflightSplitEntry *split_rec_entry(InflightRecord *r, uint32_t i) noexcept nogil:
+    return <InflightSplitEntry *>(r.region + sizeof(InflightSplitHeader)) + i
+
+
+cdef inline InflightPackedHeader *packed_rec_header(InflightRecord *r) noexcept nogil:
+    return <InflightPackedHeader *>r.region
+
+
+cdef inline InflightPackedEntry *packed_rec_entry(InflightRecord *r, uint32_t i) noexcept nogil:
+    return <InflightPackedEntry *>(r.region + sizeof(InflightPackedHeader)) + i
+
+
+cdef inline void split_rec_fetched(InflightRecord *r, uint16_t head) noexcept nogil:
+    """A chain popped: its fetch order, then (in that order) its entry counts as in flight."""
+    cdef InflightSplitEntry *e = split_rec_entry(r, head)
+    e.counter = r.counter
+    r.counter += 1
+    vring_order_record()
+    e.inflight = 1
+
+
+cdef inline void split_rec_used(InflightRecord *r, uint16_t head) noexcept nogil:
+    """A used element written: its head joins the list of the last batch (before used->idx is published)."""
+    split_rec_entry(r, head).next = r.last_batch_head
+    r.links[head] = r.last_batch_head
+    r.last_batch_head = head
+    split_rec_header(r).last_batch_head = head
+    r.batch += 1
+
+
+cdef inline void split_rec_published(InflightRecord *r, uint16_t used_idx) noexcept nogil:
+    """used->idx published: the batch's entries are done, then the record's used_idx says so."""
+    cdef uint16_t head = r.last_batch_head
+    cdef uint32_t i
+    vring_order_record()
+    for i in range(r.batch):
+        split_rec_entry(r, head).inflight = 0
+        head = r.links[head]
+    vring_order_record()
+    split_rec_header(r).used_idx = used_idx
+    r.batch = 0
+
+
+cdef inline void packed_rec_fetched(InflightRecord *r, uint32_t ndesc) noexcept nogil:
+    """A chain popped: its ``ndesc`` ring descriptors (r.copies) into entries taken from the free list's head,
+    which old_free_head moves past once the chain is whole. The caller checked that the free list holds them."""
+    cdef uint16_t head = r.free_head
+    cdef InflightPackedEntry *h = packed_rec_entry(r, head)
+    cdef InflightPackedEntry *e
+    cdef uint32_t k
+    for k in range(ndesc):
+        if k == 0:
+            h.num = 0
+            h.counter = r.counter
+            r.counter += 1
+            vring_order_record()
+            h.inflight = 1
+        if k == ndesc - 1:
+            h.last = r.free_head
+            r.last_of[head] = r.free_head
+        h.num = <uint16_t>(k + 1)
+        e = packed_rec_entry(r, r.free_head)
+        e.id = r.copies[k].id
+        e.flags = r.copies[k].flags
+        e.len = r.copies[k].len
+        e.addr = r.copies[k].addr
+        r.free_head = r.links[r.free_head]
+        packed_rec_header(r).free_head = r.free_head
+    r.entry_of[r.copies[ndesc - 1].id] = head
+    vring_order_record()
+    packed_rec_header(r).old_free_head = r.free_head
+
+
+cdef inline uint16_t packed_rec_used(InflightRecord *r, uint16_t buffer_id, uint16_t used_idx,
+                                     uint8_t used_wrap) noexcept nogil:
+    """Before a used descriptor is published (each push a batch of one): the chain's entries back on the free
+    list, the record's used_idx and wrap counter moved to the slot after it. Returns the chain's head entry."""
+    cdef uint16_t head = r.entry_of[buffer_id]
+    cdef uint16_t last = r.last_of[head]
+    cdef InflightPackedHeader *hdr = packed_rec_header(r)
+    packed_rec_entry(r, last).next = r.free_head
+    r.links[last] = r.free_head
+    r.free_head = head
+    hdr.free_head = head
+    hdr.used_idx = used_idx
+    hdr.used_wrap_counter = used_wrap
+    return head
+
+
+cdef inline void packed_rec_done(InflightRecord *r, uint16_t head, uint16_t used_idx,
+                                 uint8_t used_wrap) noexcept nogil:
+    """After the used descriptor is published: the chain is no longer in flight, then the push is complete."""
+    cdef InflightPackedHeader *hdr = packed_rec_header(r)
+    vring_order_record()
+    packed_rec_entry(r, head).inflight = 0
+    vring_order_record()
+    hdr.old_free_head = r.free_head
+    hdr.old_used_idx = used_idx
+    hdr.old_used_wrap_counter = used_wrap
+
+
+# -- attaching (with the GIL: once per queue start) --------------------------------------------------------------
+assert (sizeof(InflightSplitHeader), sizeof(InflightSplitEntry), sizeof(InflightPackedHeader),
+        sizeof(InflightPackedEntry)) == (SPLIT_ENTRIES, SPLIT_ENTRY.size, PACKED_ENTRIES, PACKED_ENTRY.size)
+
+
+cdef void rec_free(InflightRecord *r) noexcept:
+    """Forget the record and the chains still to pop again (the region is released by the queue)."""
+    free(r.links)
+    free(r.entry_of)
+    free(r.last_of)
+    free(r.copies)
+    free(r.pending)
+    free(r.kept)
+    free(r.kept_start)
+    free(r.scratch)
+    memset(r, 0, sizeof(InflightRecord))
+
+
+cdef int rec_alloc(InflightRecord *r, uint32_t size, bint packed) except -1:
+    """Fresh tables for a queue of ``size`` (the old ones freed)."""
+    rec_free(r)
+    r.links = <uint16_t *>malloc(size * sizeof(uint16_t))
+    r.pending = <uint16_t *>malloc(size * sizeof(uint16_t))
+    ok = r.links != NULL and r.pending != NULL
+    if packed:
+        r.entry_of = <uint16_t *>malloc(size * sizeof(uint16_t))
+        r.last_of = <uint16_t *>malloc(size * sizeof(uint16_t))
+        r.copies = <vring_packed_desc *>malloc(size * sizeof(vring_packed_desc))
+        r.kept = <vring_packed_desc *>malloc(size * sizeof(vring_packed_desc))
+        r.kept_start = <uint32_t *>malloc((size + 1) * sizeof(uint32_t))
+        r.scratch = <vring_packed_desc *>malloc(size * sizeof(vring_packed_desc))
+        ok = ok and r.entry_of != NULL and r.last_of != NULL and r.copies != NULL and r.kept != NULL
+        ok = ok and r.kept_start != NULL and r.scratch != NULL
+    if not ok:
+        rec_free(r)
+        raise MemoryError()
+    return 0
+
+
+cdef void rec_fill(InflightRecord *r, found, uint8_t *inflight, uint16_t *ndesc) except *:
+    """The device's side of a record from what vring._inflight found in it (``ndesc``: packed rings' slots per
+    buffer id); the chains it lists as in flight become HEAD_PENDING in ``inflight``."""
+    cdef Py_ssize_t i
+    cdef uint32_t start = 0
+    for i, link in enumerate(found.links):
+        r.links[i] = link
+    r.counter = found.counter
+    r.npending = len(found.pending)
+    r.pending_pos = 0
+    for i, head in enumerate(found.pending):
+        r.pending[i] = head
+        inflight[head] = HEAD_PENDING
+    if ndesc == NULL:
+        r.last_batch_head = found.last_batch_head
+        return
+    r.free_head = found.free_head
+    for buffer_id, head in found.entry_of.items():
+        r.entry_of[buffer_id] = head
+    for head, last in found.last_of.items():
+        r.last_of[head] = last
+    for i, buffer_id in enumerate(found.pending):
+        ndesc[buffer_id] = found.num[buffer_id]
+        r.kept_start[i] = start
+        for addr, length, desc_id, flags in found.entries[buffer_id]:
+            r.kept[start].addr = addr
+            r.kept[start].len = length
+            r.kept[start].id = desc_id
+            r.kept[start].flags = flags
+            start += 1
+    r.kept_start[r.npending] = start
