@@ -213,8 +213,9 @@ class Backend:
             self.proc.kill()
             self.proc.wait()
 
-    def resumed_at(self) -> dict[int, int]:
-        """Queue -> the ring position (SET_VRING_BASE) QEMU restarted it at on the current run."""
+    def vring_bases(self) -> dict[int, int]:
+        """Queue -> the SET_VRING_BASE QEMU restarted it with on the current run: the used index of a split ring
+        (QEMU rewinds it there), the initial 0x80008000 of a packed one (the inflight record knows better)."""
         found = {}
         for message in self.messages():
             match = re.search(r"queue (\d+) started .* base (0x[0-9a-f]+)", message)
@@ -375,7 +376,7 @@ def stop_and_restart(backend: Backend, console: Console, qemu: subprocess.Popen,
         backend.start()
         backend.wait_serving()
         stops.append({"stop": n + 1, "back_after_s": round(time.monotonic() - at, 2),
-                      "resumed_at": backend.resumed_at(), "resubmitted": backend.resubmitted(-1)})
+                      "vring_base": backend.vring_bases(), "resubmitted": backend.resubmitted(-1)})
 
 
 def check_outcome(backend: Backend, console: Console, qemu: subprocess.Popen, image: Path, expected: bytes,
