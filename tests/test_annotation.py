@@ -41,7 +41,7 @@ NOGIL_FUNCTIONS = {
     "split_dev_commit", "split_dev_after_pop", "split_dev_put_used", "split_dev_publish", "split_dev_notify_needed",
     "split_dev_avail_pending", "split_dev_enable_notifications", "split_dev_disable_notifications",
     # packed_device.pxi
-    "packed_dev_bind", "packed_dev_reset", "packed_dev_check_invariants", "packed_dev_peek", "packed_dev_peek_kept",
+    "packed_dev_bind", "packed_dev_reset", "packed_dev_check_invariants", "packed_dev_peek", "packed_dev_lay_out_kept",
     "packed_dev_walk", "packed_dev_commit",
     "packed_dev_after_pop", "packed_dev_put_used", "packed_dev_notify_needed", "packed_dev_avail_pending",
     "packed_dev_enable_notifications", "packed_dev_disable_notifications",

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vring import Feature
+from vring import Feature, PackedLayout, QueueState, inflight_region_size
 
 from conftest import twin_module
 from vring.testing import AVAIL, BASE, DATA, MEM_SIZE, USED, WRITE, make_pair
@@ -44,6 +44,9 @@ OPS = st.one_of(
               st.one_of(st.integers(-1, 3), st.lists(WILD_INT, max_size=4))),
     st.tuples(st.just("push_many_wild"), st.lists(st.tuples(WILD_INT, WILD_INT), max_size=4)),
     st.tuples(st.just("bad_used"), st.integers(0, 3), st.sampled_from(["id", "len"])),
+    # The device dies and a new one takes the ring over from its inflight record (after a scribble on it, maybe).
+    st.tuples(st.just("crash"), st.one_of(st.none(), st.tuples(st.integers(0, 1100), st.binary(min_size=1,
+                                                                                               max_size=4)))),
 )
 FEATURES = st.sampled_from([0, Feature.EVENT_IDX, Feature.INDIRECT_DESC, Feature.EVENT_IDX | Feature.INDIRECT_DESC])
 
@@ -58,6 +61,8 @@ class Side:
     def __init__(self, name, size, features, packed=False):
         self.p = make_pair(twin_module(name), size=size, features=features, packed=packed)
         self.held = []  # (head, writable_len) the device has popped and not pushed
+        self.region = bytearray(inflight_region_size(size, packed))  # the device keeps its inflight record here
+        assert self.p.dev.attach_inflight(self.region) == 0
 
     def run(self, op):
         """Apply one operation; returns its observable result or ("error", type, message)."""
@@ -127,6 +132,8 @@ class Side:
             return None
         if kind == "bulk":
             return self.bulk(op[1])
+        if kind == "crash":
+            return self.crash(op[1])
         if kind == "add_batch":
             _, count, segs, mask = op
             batch = p.twin.Batch(6, 18)
@@ -184,6 +191,22 @@ class Side:
                 p.dev.push(chain.head, 0)
             return p.drv.pop_used()
         raise AssertionError(op)
+
+    def crash(self, scribble):
+        """A new device takes the ring over as a restarted vhost-user back-end does: at the base the front-end
+        sends (split: the used ring's idx; packed: the initial state), then from the inflight record."""
+        p = self.p
+        if scribble is not None:
+            offset, data = scribble
+            offset %= max(1, len(self.region) - len(data))
+            self.region[offset:offset + len(data)] = data
+        p.dev = type(p.dev)(p.mem, p.layout, p.dev.features)
+        self.held = []  # the new device holds nothing: the chains given back come with its pops
+        if isinstance(p.layout, PackedLayout):
+            p.dev.restore(QueueState(0, None, 1))
+        else:
+            p.dev.restore(QueueState(int.from_bytes(p.mem.read(p.layout.used + 2, 2), "little")))  # used->idx
+        return p.dev.attach_inflight(self.region), p.dev.state, p.dev.inflight_pending
 
     def bad_used(self, behind, field):
         """Spoil a used entry the device wrote ``behind`` entries before its latest one (an id nobody holds, or a
@@ -257,6 +280,7 @@ def compare(size, features, ops, sides=None, packed=False):
         rc, rp = c.run(op), py.run(op)
         assert rc == rp, f"operation {i} {op!r}: cython {rc!r} != python {rp!r}"
         assert c.p.buf == py.p.buf, f"guest memory differs after operation {i} {op!r}"
+        assert c.region == py.region, f"the inflight record differs after operation {i} {op!r}"
         assert c.p.dev.state == py.p.dev.state and c.p.dev.broken == py.p.dev.broken
         assert c.p.drv.num_free == py.p.drv.num_free and c.p.drv.broken == py.p.drv.broken
         results.append(rc)

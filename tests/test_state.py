@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from vring import QueueState
-from vring._state import StateError
+from vring import QueueState, StateError
+from vring.testing import DATA, make_pair
 
 STATES = [QueueState(0), QueueState(5, 3), QueueState(0xFFFF, 0xFFFF, 0, 0), QueueState(17, 17, 1, 0)]
 
@@ -20,8 +20,6 @@ def test_round_trips(state):
 
 
 def test_a_device_queue_state_round_trips(twin):
-    from vring.testing import make_pair
-
     p = make_pair(twin, packed=True)
     for _ in range(20):  # past a wrap of the 16-entry ring
         p.drv.add(out=[(0x180000, 8)], token=None)
@@ -67,3 +65,33 @@ def test_bad_json_is_refused(obj, error):
 def test_an_out_of_range_state_is_not_serialised():
     with pytest.raises(StateError, match="used_idx 70000"):
         QueueState(0, 70000).to_bytes()
+
+
+# -- restore() checks the state against the ring ----------------------------------------------------------------
+def test_restore_refuses_a_split_state_the_ring_cannot_be_in(twin):
+    p = make_pair(twin, size=8)
+    for _ in range(3):
+        p.drv.add([(DATA, 8)])
+    p.drv.kick_needed()
+    p.dev.pop()
+    state = p.dev.state
+    with pytest.raises(StateError, match="last_avail_idx 65000 is 539 chains behind the avail ring's idx 3"):
+        p.dev.restore(QueueState(65000))
+    with pytest.raises(StateError, match="used_idx 70000"):
+        p.dev.restore(QueueState(1, 70000))
+    assert p.dev.state == state and not p.dev.broken  # unchanged: the chain popped is still held
+    p.dev.push(0)
+    p.dev.restore(QueueState(3))
+    assert p.dev.state == QueueState(3, 1)
+
+
+def test_restore_refuses_a_packed_state_outside_the_ring(twin):
+    p = make_pair(twin, size=8, packed=True)
+    state = p.dev.state
+    for bad, field in [(QueueState(8), "last_avail_idx 8"), (QueueState(0, 9), "used_idx 9"),
+                       (QueueState(0, 0, 2), "avail_wrap 2"), (QueueState(0, 0, 1, 5), "used_wrap 5")]:
+        with pytest.raises(StateError, match=field):
+            p.dev.restore(bad)
+        assert p.dev.state == state and not p.dev.broken
+    p.dev.restore(QueueState(7, 5, 0, 1))
+    assert p.dev.state == QueueState(7, 5, 0, 1)

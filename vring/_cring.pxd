@@ -139,7 +139,7 @@ ctypedef struct InflightRecord:    # the device's side of an inflight record (in
     uint16_t *pending                # heads (buffer ids) the record said were in flight, in counter order
     uint32_t npending
     uint32_t pending_pos             # the next of them to pop again
-    bint resubmitting                # the last peek found pending[pending_pos]
+    uint32_t left                    # npending - pending_pos: while not 0, peek finds pending[pending_pos]
     vring_packed_desc *kept          # packed: the pending chains' descriptors, one chain after the other
     uint32_t *kept_start             # packed: where pending chain k starts in kept (npending + 1 entries)
     vring_packed_desc *scratch       # packed: a pending chain laid out as a ring, for the packed walker
@@ -263,7 +263,7 @@ cdef class DeviceQueue:
     cdef readonly bint broken
     cdef readonly object error
     cdef unsigned long long _generation
-    cdef Py_buffer _region               # the inflight record's region, held while attached
+    cdef object _region_view             # the inflight record's region: our view of it holds it while attached
     cdef int _setup(self, GuestMemory mem, object layout, object features, object max_indirect) except -1
     cdef int _bind(self) except -1
     cdef int _check(self) except -1

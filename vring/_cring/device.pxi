@@ -212,29 +212,10 @@ cdef class DeviceQueue:
         left is checked (InflightError, the queue unchanged), repaired, and the queue resumes where it says: the
         chains it had in flight are popped again first, in the order they were first popped; returns their number.
         """
-        cdef uint32_t i, held = 0
-        cdef uint16_t *ndesc = self._ndesc_table()
         dev_enter(&self.q)
         try:
             self._check()
-            view = region_view(region, self.q.size, ndesc != NULL)
-            for i in range(self.q.size):
-                held += self.q.inflight[i] != HEAD_FREE
-            if held:
-                raise caller_error("inflight-busy", held=held)
-            rec_alloc(&self.q.rec, self.q.size, ndesc != NULL)
-            try:
-                found = self._recover_record(view) if record_version(view) else self._init_record(view)
-            except BaseException:
-                rec_free(&self.q.rec)
-                raise
-            self._detach()
-            rec_fill(&self.q.rec, found, self.q.inflight, ndesc)
-            if record_version(view):
-                self._resume(found)
-            PyObject_GetBuffer(view, &self._region, PyBUF_WRITABLE)
-            self.q.rec.region = <unsigned char *>self._region.buf
-            return self.q.rec.npending
+            return attach_record(self, region)
         finally:
             dev_exit(&self.q)
 
@@ -242,7 +223,7 @@ cdef class DeviceQueue:
         return NULL  # a split chain takes no ring slots of its own
 
     cdef uint32_t _pending_slots(self):
-        return self.q.rec.npending - self.q.rec.pending_pos
+        return self.q.rec.left
 
     cdef object _init_record(self, view):
         return init_split(view, self.q.size, self.q.used_idx, self.q.last_avail)
@@ -256,9 +237,8 @@ cdef class DeviceQueue:
         self.q.last_avail = self.q.split.avail_shadow = found.last_avail_idx
 
     cdef _detach(self):
-        if self.q.rec.region != NULL:
-            self.q.rec.region = NULL
-            PyBuffer_Release(&self._region)
+        self.q.rec.region = NULL
+        self._region_view = None
 
     def detach_inflight(self):
         """Stop keeping the inflight record (the region is the caller's again); chains still to resubmit stay
@@ -272,7 +252,7 @@ cdef class DeviceQueue:
     @property
     def inflight_pending(self):
         """Chains the inflight record said were in flight that pops have not returned again yet."""
-        return self.q.rec.npending - self.q.rec.pending_pos
+        return self.q.rec.left
 
     # -- popping -------------------------------------------------------------------------------------------
     def avail_pending(self):
@@ -481,7 +461,7 @@ cdef class DeviceQueue:
         try:
             self._check()
             self.q.notify_enabled = True
-            return dev_enable_notifications(&self.q) or self.q.rec.pending_pos < self.q.rec.npending
+            return dev_enable_notifications(&self.q) or self.q.rec.left != 0
         finally:
             dev_exit(&self.q)
 

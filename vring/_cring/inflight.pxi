@@ -53,32 +53,33 @@ cdef inline void split_rec_published(InflightRecord *r, uint16_t used_idx) noexc
 
 cdef inline void packed_rec_fetched(InflightRecord *r, uint32_t ndesc) noexcept nogil:
     """A chain popped: its ``ndesc`` ring descriptors (r.copies) into entries taken from the free list's head,
-    which old_free_head moves past once the chain is whole. The caller checked that the free list holds them."""
-    cdef uint16_t head = r.free_head
+    which old_free_head moves past once the chain is whole (the commit point: until then the reconnect procedure
+    puts the entries back on the free list, whatever else was written). The caller checked that the free list
+    holds them."""
+    cdef uint16_t head = r.free_head, entry = head, last = head
     cdef InflightPackedEntry *h = packed_rec_entry(r, head)
     cdef InflightPackedEntry *e
     cdef uint32_t k
+    h.counter = r.counter
+    r.counter += 1
+    vring_order_record()
+    h.inflight = 1
     for k in range(ndesc):
-        if k == 0:
-            h.num = 0
-            h.counter = r.counter
-            r.counter += 1
-            vring_order_record()
-            h.inflight = 1
-        if k == ndesc - 1:
-            h.last = r.free_head
-            r.last_of[head] = r.free_head
-        h.num = <uint16_t>(k + 1)
-        e = packed_rec_entry(r, r.free_head)
+        e = packed_rec_entry(r, entry)
         e.id = r.copies[k].id
         e.flags = r.copies[k].flags
         e.len = r.copies[k].len
         e.addr = r.copies[k].addr
-        r.free_head = r.links[r.free_head]
-        packed_rec_header(r).free_head = r.free_head
+        last = entry
+        entry = r.links[entry]
+    h.last = last
+    h.num = <uint16_t>ndesc
+    r.last_of[head] = last
     r.entry_of[r.copies[ndesc - 1].id] = head
+    r.free_head = entry
+    packed_rec_header(r).free_head = entry
     vring_order_record()
-    packed_rec_header(r).old_free_head = r.free_head
+    packed_rec_header(r).old_free_head = entry
 
 
 cdef inline uint16_t packed_rec_used(InflightRecord *r, uint16_t buffer_id, uint16_t used_idx,
@@ -158,6 +159,7 @@ cdef void rec_fill(InflightRecord *r, found, uint8_t *inflight, uint16_t *ndesc)
     r.counter = found.counter
     r.npending = len(found.pending)
     r.pending_pos = 0
+    r.left = r.npending
     for i, head in enumerate(found.pending):
         r.pending[i] = head
         inflight[head] = HEAD_PENDING
@@ -179,3 +181,34 @@ cdef void rec_fill(InflightRecord *r, found, uint8_t *inflight, uint16_t *ndesc)
             r.kept[start].flags = flags
             start += 1
     r.kept_start[r.npending] = start
+
+
+cdef object attach_record(DeviceQueue queue, region):
+    """DeviceQueue.attach_inflight once the queue is checked: the record checked and repaired by vring._inflight
+    (or a fresh one initialised), then the device's side of it; returns the number of chains to pop again."""
+    cdef DevQueue *q = &queue.q
+    cdef uint32_t i, held = 0
+    cdef uint16_t *ndesc = queue._ndesc_table()
+    cdef Py_buffer buf
+    view = region_view(region, q.size, ndesc != NULL)
+    for i in range(q.size):
+        held += q.inflight[i] != HEAD_FREE
+    if held:
+        raise caller_error("inflight-busy", held=held)
+    rec_alloc(&q.rec, q.size, ndesc != NULL)
+    try:
+        found = queue._recover_record(view) if record_version(view) else queue._init_record(view)
+    except BaseException:
+        rec_free(&q.rec)
+        raise
+    queue._detach()
+    rec_fill(&q.rec, found, q.inflight, ndesc)
+    if record_version(view):
+        queue._resume(found)
+    # The view is ours alone: its export of the region's memory (which keeps a bytearray from resizing and an mmap
+    # from closing) lasts as long as we keep it.
+    PyObject_GetBuffer(view, &buf, PyBUF_WRITABLE)
+    q.rec.region = <unsigned char *>buf.buf
+    PyBuffer_Release(&buf)
+    queue._region_view = view
+    return q.rec.npending

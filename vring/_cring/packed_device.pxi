@@ -26,34 +26,41 @@ cdef inline void packed_dev_check_invariants(DevQueue *q) noexcept nogil:
 
 cdef inline int packed_dev_peek(DevQueue *q, MemMap *m, uint16_t *head_out, ChainError *err) noexcept nogil:
     """Read and check the chain at last_avail (or the next one an inflight record gave back) without taking it:
-    1, 0 (nothing available) or minus a code."""
+    1, 0 (nothing available) or minus a code. One call of the walker, so that the compiler inlines it."""
+    cdef const vring_packed_desc *ring = q.packed_ring.desc
+    cdef uint16_t pos = q.last_avail
+    cdef uint8_t wrap = q.packed_ring.avail_wrap
+    cdef uint8_t expected = HEAD_FREE
+    cdef vring_packed_desc *copies = q.rec.copies if q.rec.region != NULL else NULL
     cdef int r
-    q.rec.resubmitting = q.rec.pending_pos < q.rec.npending
-    if q.rec.resubmitting:
-        return packed_dev_peek_kept(q, m, head_out, err)
-    if not packed_is_avail(packed_flags(q.packed_ring.desc, q.last_avail), q.packed_ring.avail_wrap):
+    if q.rec.left:
+        r = packed_dev_lay_out_kept(q, &wrap, err)
+        if r:
+            return -r
+        ring, pos, expected, copies = q.rec.scratch, 0, HEAD_PENDING, NULL
+    elif not packed_is_avail(packed_flags(ring, pos), wrap):
         return 0
-    r = packed_dev_walk(q, m, q.packed_ring.desc, q.last_avail, q.packed_ring.avail_wrap, HEAD_FREE,
-                        q.rec.copies if q.rec.region != NULL else NULL, head_out, err)
-    if r == 1 and q.packed_ring.held_slots + q.packed_ring.peeked_ndesc > q.size:
-        return -dev_fail(err, CHECK_SLOTS_IN_FLIGHT, q.last_avail, (q.last_avail + q.packed_ring.peeked_ndesc - 1)
-                         % q.size, False, q.packed_ring.peeked_ndesc, q.size - q.packed_ring.held_slots)
+    r = packed_dev_walk(q, m, ring, pos, wrap, expected, copies, head_out, err)
+    if r == 1 and expected == HEAD_FREE and q.packed_ring.held_slots + q.packed_ring.peeked_ndesc > q.size:
+        return -dev_fail(err, CHECK_SLOTS_IN_FLIGHT, pos, (pos + q.packed_ring.peeked_ndesc - 1) % q.size, False,
+                         q.packed_ring.peeked_ndesc, q.size - q.packed_ring.held_slots)
     return r
 
 
-cdef inline int packed_dev_peek_kept(DevQueue *q, MemMap *m, uint16_t *head_out, ChainError *err) noexcept nogil:
-    """The next chain an inflight record gave back: its descriptors laid out as a ring from slot 0 (the slot
-    after them never available) and walked with every check of a chain the driver makes available."""
+cdef int packed_dev_lay_out_kept(DevQueue *q, uint8_t *wrap, ChainError *err) noexcept nogil:
+    """The next chain an inflight record gave back, laid out in q.rec.scratch as a ring from slot 0 (the slot after
+    it never available) for the walker, which checks it as any chain the driver makes available; ``wrap``: the lap
+    its head says. 0, or the failed check's code."""
     cdef uint32_t start = q.rec.kept_start[q.rec.pending_pos]
     cdef uint32_t num = q.rec.kept_start[q.rec.pending_pos + 1] - start
     cdef uint16_t head_flags = q.rec.kept[start].flags
-    cdef uint8_t wrap = (head_flags & PACKED_DESC_F_AVAIL) != 0
+    wrap[0] = (head_flags & PACKED_DESC_F_AVAIL) != 0
     memcpy(q.rec.scratch, &q.rec.kept[start], num * sizeof(vring_packed_desc))
     if num < q.size:
         memset(&q.rec.scratch[num], 0, sizeof(vring_packed_desc))
-    if not packed_is_avail(head_flags, wrap):
-        return -dev_fail(err, CHECK_CHAIN_FLAGS, 0, 0, False, head_flags, wrap)
-    return packed_dev_walk(q, m, q.rec.scratch, 0, wrap, HEAD_PENDING, NULL, head_out, err)
+    if not packed_is_avail(head_flags, wrap[0]):
+        return dev_fail(err, CHECK_CHAIN_FLAGS, 0, 0, False, head_flags, wrap[0])
+    return 0
 
 
 cdef inline int packed_dev_walk(DevQueue *q, MemMap *m, const vring_packed_desc *ring, uint16_t pos, uint8_t wrap,
@@ -123,8 +130,9 @@ cdef inline void packed_dev_commit(DevQueue *q, uint16_t buffer_id) noexcept nog
     q.inflight[buffer_id] = HEAD_HELD
     q.inflight_wlen[buffer_id] = q.writable_len
     q.packed_ring.ndesc[buffer_id] = <uint16_t>q.packed_ring.peeked_ndesc
-    if q.rec.resubmitting:  # keeps its record entries and counter; its slots are in held_slots already
+    if q.rec.left:  # given back by the record: keeps its entries and counter; its slots are in held_slots already
         q.rec.pending_pos += 1
+        q.rec.left -= 1
         return
     q.packed_ring.held_slots += q.packed_ring.peeked_ndesc
     if q.rec.region != NULL:

@@ -75,28 +75,23 @@ cdef inline int split_dev_peek(DevQueue *q, MemMap *m, uint16_t *head_out, Chain
     cdef uint16_t avail_idx
     cdef uint16_t head = 0
     cdef int r
-    q.rec.resubmitting = q.rec.pending_pos < q.rec.npending
-    if q.rec.resubmitting:  # a chain an inflight record gave back: walked from its head like any other
+    if q.rec.left:  # a chain an inflight record gave back: walked from its head like any other
         head = q.rec.pending[q.rec.pending_pos]
-        r = split_dev_walk(q, m, head, err)
-        if r:
-            return -r
-        head_out[0] = head
-        return 1
-    if q.split.avail_shadow == q.last_avail:
-        # Everything seen so far is consumed: look at avail->idx again (acquire: ring entries after it).
-        avail_idx = vring_observe_idx(split_avail_idx(q.split.avail))
-        if avail_idx == q.last_avail:
-            return 0
-        if <uint16_t>(avail_idx - q.last_avail) > q.size:
-            return -dev_fail(err, CHECK_AVAIL_INDEX_JUMP, 0, 0, False, avail_idx, q.last_avail)
-        q.split.avail_shadow = avail_idx
-    head = vring_read_shared_u16(split_avail_entry(q.split.avail, q.size, q.last_avail))  # once
-    if head >= q.size:
-        return -dev_fail(err, CHECK_HEAD_OUT_OF_RANGE, head, 0, False, q.size, 0)
-    if q.inflight[head]:
-        return -dev_fail(err, CHECK_HEAD_IN_FLIGHT, head, head, False, 0, 0)
-    r = split_dev_walk(q, m, head, err)
+    else:
+        if q.split.avail_shadow == q.last_avail:
+            # Everything seen so far is consumed: look at avail->idx again (acquire: ring entries after it).
+            avail_idx = vring_observe_idx(split_avail_idx(q.split.avail))
+            if avail_idx == q.last_avail:
+                return 0
+            if <uint16_t>(avail_idx - q.last_avail) > q.size:
+                return -dev_fail(err, CHECK_AVAIL_INDEX_JUMP, 0, 0, False, avail_idx, q.last_avail)
+            q.split.avail_shadow = avail_idx
+        head = vring_read_shared_u16(split_avail_entry(q.split.avail, q.size, q.last_avail))  # once
+        if head >= q.size:
+            return -dev_fail(err, CHECK_HEAD_OUT_OF_RANGE, head, 0, False, q.size, 0)
+        if q.inflight[head]:
+            return -dev_fail(err, CHECK_HEAD_IN_FLIGHT, head, head, False, 0, 0)
+    r = split_dev_walk(q, m, head, err)  # one call, so that the compiler inlines it
     if r:
         return -r
     head_out[0] = head
@@ -106,8 +101,9 @@ cdef inline int split_dev_peek(DevQueue *q, MemMap *m, uint16_t *head_out, Chain
 cdef inline void split_dev_commit(DevQueue *q, uint16_t head) noexcept nogil:
     q.inflight[head] = HEAD_HELD
     q.inflight_wlen[head] = q.writable_len
-    if q.rec.resubmitting:  # keeps its record entry and its counter
+    if q.rec.left:  # given back by the record: keeps its entry and its counter
         q.rec.pending_pos += 1
+        q.rec.left -= 1
         return
     if q.rec.region != NULL:
         split_rec_fetched(&q.rec, head)

@@ -2,8 +2,9 @@
 
 One module per concern, named like the Cython twin's ``.pxi`` files: ``memory`` (GuestMemory), ``chain`` (Chain),
 ``batch`` (Batch), ``rings`` (the views of each layout's shared areas), ``queue`` (what every queue shares),
-``descriptors`` (the device-side descriptor checks both layouts share), then one module per side and layout:
-``split_device``, ``split_driver``, ``packed_device``, ``packed_driver``.
+``descriptors`` (the device-side descriptor checks both layouts share), ``inflight`` (the inflight record kept on
+every pop and push), then one module per side and layout: ``split_device``, ``split_driver``, ``packed_device``,
+``packed_driver``.
 """
 
 from .batch import Batch

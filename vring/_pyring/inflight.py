@@ -88,27 +88,28 @@ class PackedRecord:
         return PACKED_ENTRIES + PACKED_ENTRY.size * index
 
     def fetched(self, descs: list[tuple[int, int, int, int]]) -> None:
-        """Record a chain's ring descriptors (addr, len, id, flags), taken from the free list's head."""
+        """Record a chain's ring descriptors (addr, len, id, flags) in entries taken from the free list's head,
+        which old_free_head moves past once the chain is whole (the commit point: until then the reconnect
+        procedure puts the entries back on the free list, whatever else was written)."""
         region = self.region
-        head = self.free_head
-        last = len(descs) - 1
-        for k, (addr, length, buffer_id, flags) in enumerate(descs):
-            if k == 0:
-                _U16.pack_into(region, self._entry(head) + 6, 0)  # desc[head].num
-                _U64.pack_into(region, self._entry(head) + 8, self.counter)  # desc[head].counter
-                self.counter = (self.counter + 1) & COUNTER_MASK
-                # release fence: num and counter are in the record before the entry counts as in flight
-                region[self._entry(head)] = 1  # desc[head].inflight
-            if k == last:
-                _U16.pack_into(region, self._entry(head) + 4, self.free_head)  # desc[head].last
-                self.last_of[head] = self.free_head
-            _U16.pack_into(region, self._entry(head) + 6, k + 1)  # desc[head].num
-            _DESC_COPY.pack_into(region, self._entry(self.free_head) + 16, buffer_id, flags, length, addr)
-            self.free_head = self.links[self.free_head]
-            _U16.pack_into(region, PACKED_FREE_HEAD, self.free_head)
-        self.entry_of[descs[last][2]] = head
+        head = entry = last = self.free_head
+        at = self._entry(head)
+        _U64.pack_into(region, at + 8, self.counter)  # desc[head].counter
+        self.counter = (self.counter + 1) & COUNTER_MASK
+        # release fence: the counter is in the record before the entry counts as in flight
+        region[at] = 1  # desc[head].inflight
+        for addr, length, buffer_id, flags in descs:
+            _DESC_COPY.pack_into(region, self._entry(entry) + 16, buffer_id, flags, length, addr)
+            last = entry
+            entry = self.links[entry]
+        _U16.pack_into(region, at + 4, last)  # desc[head].last
+        _U16.pack_into(region, at + 6, len(descs))  # desc[head].num
+        self.last_of[head] = last
+        self.entry_of[descs[-1][2]] = head
+        self.free_head = entry
+        _U16.pack_into(region, PACKED_FREE_HEAD, entry)
         # release fence: the chain's entries are complete before old_free_head takes them off the free list
-        _U16.pack_into(region, PACKED_OLD_FREE_HEAD, self.free_head)
+        _U16.pack_into(region, PACKED_OLD_FREE_HEAD, entry)
 
     def used(self, buffer_id: int, used_idx: int, used_wrap: int) -> None:
         """Before the used descriptor is published: give the chain's entries back to the free list and move the

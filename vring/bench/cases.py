@@ -14,6 +14,7 @@ import numpy as np
 
 from .._factory import contiguous_layout, create_device_queue, create_driver_queue
 from .._features import Feature
+from .._layout import PackedLayout, inflight_region_size
 
 BASE = 0x4000_0000  # guest-physical base: 1 GiB, so that an address mix-up cannot pass unnoticed
 MEM_BYTES = 4 << 20
@@ -106,6 +107,14 @@ def case_batch(rig: Rig, batch: int) -> tuple[Callable[[], None], int]:
     return cycle, batch
 
 
+def case_batch_inflight(rig: Rig, batch: int) -> tuple[Callable[[], None], int]:
+    """``case_batch`` with the device keeping an inflight record (vhost-user's inflight I/O tracking) on every pop
+    and push: the cost of crash-safe restart."""
+    packed = isinstance(rig.dev.layout, PackedLayout)
+    rig.dev.attach_inflight(np.zeros(inflight_region_size(rig.size, packed), np.uint8))  # held by the queue
+    return case_batch(rig, batch)
+
+
 def case_device_only(rig: Rig, batch: int) -> tuple[Callable[[], None], int]:
     """The device's pop + push alone, over a ring the driver filled in advance (the device rewinds to the same
     chains each call; the driver does not run)."""
@@ -150,6 +159,8 @@ def make_case(impl_name: str, api: str, shape: str = "3desc", features: str = "i
         return case_percall(rig)
     if api == "batch":
         return case_batch(rig, batch)
+    if api == "batch+inflight":
+        return case_batch_inflight(rig, batch)
     if api == "device":
         return case_device_only(rig, batch)
     if api == "cfloor":

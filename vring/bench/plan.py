@@ -29,6 +29,7 @@ def default_plan(quick: bool) -> list[Plan]:
             Plan(f"pure Python, batch 32, {shape}", "python", "batch", shape, feats, 32),
             Plan(f"Cython, per call, {shape}", "cython", "percall", shape, feats),
             Plan(f"Cython, batch 32, {shape}", "cython", "batch", shape, feats, 32),
+            Plan(f"Cython, batch 32 with inflight record, {shape}", "cython", "batch+inflight", shape, feats, 32),
             Plan(f"Cython, batch 256, {shape}", "cython", "batch", shape, feats, 256),
             Plan(f"C floor, batch 32, {shape}", "cython", "cfloor", shape, feats, 32),
         ]
@@ -43,6 +44,8 @@ def default_plan(quick: bool) -> list[Plan]:
             Plan(f"packed: pure Python, per call, {shape}", "python", "percall", shape, feats, 1, "packed"),
             Plan(f"packed: Cython, per call, {shape}", "cython", "percall", shape, feats, 1, "packed"),
             Plan(f"packed: Cython, batch 32, {shape}", "cython", "batch", shape, feats, 32, "packed"),
+            Plan(f"packed: Cython, batch 32 with inflight record, {shape}", "cython", "batch+inflight", shape, feats,
+                 32, "packed"),
             Plan(f"packed: C floor, batch 32, {shape}", "cython", "cfloor", shape, feats, 32, "packed"),
         ]
     if not quick:

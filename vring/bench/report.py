@@ -26,12 +26,16 @@ def ratios(results: Sequence[Result]) -> list[tuple[str, float]]:
             cy = by.get(("cython", "percall", shape, feats, 1, ring))
             b32 = by.get(("cython", "batch", shape, feats, 32, ring))
             floor = by.get(("cython", "cfloor", shape, feats, 32, ring))
+            recorded = by.get(("cython", "batch+inflight", shape, feats, 32, ring))
             if py and cy:
                 out.append((f"{ring}: Cython per call / pure Python per call, {shape} (speed-up)", py / cy))
             if py and b32:
                 out.append((f"{ring}: Cython batch 32 / pure Python per call, {shape} (speed-up)", py / b32))
             if b32 and floor:
                 out.append((f"{ring}: Cython batch 32 ns / C floor ns, {shape} (overhead)", b32 / floor))
+            if b32 and recorded:
+                out.append((f"{ring}: Cython batch 32 with / without inflight record, {shape} (overhead)",
+                            recorded / b32))
     return out
 
 

@@ -24,6 +24,7 @@ from .. import (
 )
 from .._features import Feature
 from .._layout import RingLayout
+from ..device import ACKNOWLEDGE, DRIVER, DRIVER_OK, FEATURES_OK
 from ..notify import RingError, wait_for_used
 from .inflight import InflightDescription, recorded_in_flight
 from .protocol import (
@@ -183,8 +184,11 @@ class Frontend:
                 base = int.from_bytes(self.mem.read(q.layout.device_area + 2, 2), "little")  # used->idx
             self._setup_ring(q, base)
         self._enable(self.queues)
+        self._add_status(DRIVER_OK)
         for q in self.queues:
-            os.eventfd_write(q.kick, 1)  # the driver's state is another thread's: a kick is always right
+            # Kicked whether or not the driver asked: the new back-end must look at every ring once (and the
+            # driver queue may be in another thread's hands, so it is not asked).
+            os.eventfd_write(q.kick, 1)
 
     def __enter__(self) -> "Frontend":
         return self
@@ -237,6 +241,7 @@ class Frontend:
     # -- negotiation ---------------------------------------------------------------------------------------
     def negotiate(self, wanted: int) -> int:
         """Features: what the back-end offers of ``wanted`` (VERSION_1 is mandatory); protocol features too."""
+        self.protocol_features = 0  # a back-end after a reconnect may offer less
         offered = self._u64(Request.GET_FEATURES)
         if not offered & Feature.VERSION_1:
             raise BackendError(f"the back-end does not offer VERSION_1 (features {offered:#x})")
@@ -251,6 +256,7 @@ class Frontend:
         self.wanted = int(wanted)
         self.features = features
         self.acked_protocol_features = bool(transport)
+        self._add_status(ACKNOWLEDGE | DRIVER | FEATURES_OK)
         log.info("features %#x, protocol features %#x", features, self.protocol_features)
         return features
 
@@ -272,6 +278,13 @@ class Frontend:
     def set_status(self, status: int) -> None:
         self._need(ProtocolFeature.STATUS)
         self.request(Request.SET_STATUS, U64.pack(status))
+
+    def _add_status(self, bits: int) -> None:
+        """Where STATUS is negotiated, tell the back-end how far the driver got, as QEMU does (FEATURES_OK once
+        the features are set, DRIVER_OK once the rings are): some back-ends (DPDK's) start no ring before
+        DRIVER_OK."""
+        if self.protocol_features & ProtocolFeature.STATUS:
+            self.set_status(self.get_status() | bits)
 
     def reset_device(self) -> None:
         """RESET_DEVICE: the back-end stops every ring and forgets the device's set-up (features, rings, inflight
@@ -373,6 +386,7 @@ class Frontend:
             self._setup_ring(queue, fresh)
             self.queues.append(queue)
         self._enable(self.queues[-count:])
+        self._add_status(DRIVER_OK)
         return self.queues
 
     def _setup_ring(self, q: FrontQueue, base: int) -> None:
