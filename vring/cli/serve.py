@@ -26,8 +26,8 @@ In client mode the back-end connects to the front-end's socket, serves that conn
 cannot be made, connects again (at most once every --reconnect-delay seconds; 0: a single attempt, whose failure
 is an error). SIGTERM, SIGINT and SIGHUP stop it cleanly in either mode.
 
-With NOTIFY_SOCKET set (systemd Type=notify), READY=1 is sent once the socket listens (client mode: once the
-back-end is ready to connect).
+With NOTIFY_SOCKET set (systemd Type=notify), READY=1 is sent once the socket listens (client mode: after the
+first connection attempt, whether or not it succeeded).
 
 The image is locked while it is served (shared with --read-only, exclusive otherwise), as qemu-storage-daemon
 locks it: a second writer on the same image is refused."""
