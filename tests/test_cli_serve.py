@@ -219,3 +219,175 @@ def test_a_signal_as_soon_as_the_socket_appears_stops_the_server_cleanly(tmp_pat
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         assert not sock.exists()
+
+
+# -- client mode: the back-end connects to a listening front-end (QEMU server=on, DPDK client mode) -------------
+def listening(path) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    listener.settimeout(30)
+    return listener
+
+
+def accepted_frontend(listener: socket.socket) -> Frontend:
+    """A Frontend on the next connection the back-end makes to ``listener``."""
+    sock, _ = listener.accept()
+    sock.settimeout(10)
+    front = Frontend(listener.getsockname())
+    front.sock = sock
+    return front
+
+
+def read_through(front: Frontend, image, sector: int) -> None:
+    with front:
+        assert BlkClient(front, queue_size=16).read(sector, 1) == image.read_bytes()[sector * 512:(sector + 1) * 512]
+        os.close(front.memfd)
+
+
+def wait_for_text(path, text: str, proc: subprocess.Popen, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert proc.poll() is None, path.read_text()
+        assert time.monotonic() < deadline, path.read_text()
+        time.sleep(0.02)
+    return path.read_text()
+
+
+def client(image, path, log, *extra: str) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return vring_popen("serve", "blk", str(image), "--connect", str(path), "-v", *extra, stderr=out)
+
+
+def stop_cleanly(proc: subprocess.Popen, log) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0, log.read_text()
+    assert "Traceback" not in log.read_text()
+
+
+def test_client_mode_serves_the_front_end_and_reconnects_when_it_goes_away(image, tmp_path):
+    path, log = tmp_path / "frontend.sock", tmp_path / "client.log"
+    listener = listening(path)
+    proc = client(image, path, log, "--reconnect-delay", "0.1")
+    try:
+        for sector in (1, 2, 3):  # each connection a new session: the front-end closing it is not the end
+            read_through(accepted_frontend(listener), image, sector)
+        listener.close()
+        path.unlink()
+        wait_for_text(log, "No such file or directory; retrying every 0.1 s", proc)
+        time.sleep(1)  # ten more attempts fail the same way: logged once, not ten times
+        listener = listening(path)
+        read_through(accepted_frontend(listener), image, 4)
+        text = wait_for_text(log, "connected to", proc)
+        assert text.count("cannot connect to") == 1, text
+        assert f"connected to {path} again" in text
+        assert text.count("front-end connected") == 4
+    finally:
+        listener.close()
+        stop_cleanly(proc, log)
+    assert path.exists()  # the front-end's socket: not the back-end's to remove
+
+
+def test_client_mode_waits_for_a_front_end_that_is_not_there_yet(image, tmp_path):
+    path, log = tmp_path / "later.sock", tmp_path / "client.log"
+    proc = client(image, path, log, "--reconnect-delay", "0.05")
+    try:
+        wait_for_text(log, "retrying every 0.05 s", proc)
+        listener = listening(path)
+        read_through(accepted_frontend(listener), image, 7)
+        listener.close()
+    finally:
+        stop_cleanly(proc, log)
+
+
+def test_client_mode_without_retry_serves_one_connection_then_exits(image, tmp_path):
+    path = tmp_path / "once.sock"
+    listener = listening(path)
+    proc = vring_popen("serve", "blk", str(image), "--connect", str(path), "--reconnect-delay", "0",
+                       stderr=subprocess.PIPE, text=True)
+    read_through(accepted_frontend(listener), image, 5)
+    _, err = proc.communicate(timeout=30)
+    listener.close()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_client_mode_without_retry_fails_in_one_line(image, tmp_path):
+    missing = tmp_path / "missing.sock"
+    assert_one_line(serve_connect(image, missing, "0"), 1, f"cannot connect to {missing}: No such file")
+    refused = tmp_path / "refused.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bound:  # bound, not listening: refuses
+        bound.bind(str(refused))
+        assert_one_line(serve_connect(image, refused, "0"), 1, f"cannot connect to {refused}: connection refused")
+    before = image.read_bytes()
+    assert_one_line(serve_connect(image, image, "0"), 2, f"cannot connect to {image}: not a socket")
+    assert image.read_bytes() == before
+
+
+def serve_connect(image, path, delay: str) -> subprocess.CompletedProcess:
+    return vring_cli("serve", "blk", str(image), "--connect", str(path), "--reconnect-delay", delay, timeout=30)
+
+
+def test_client_mode_retries_a_path_that_is_not_a_socket_and_stops_on_a_signal(image, tmp_path):
+    target, log = tmp_path / "plain-file", tmp_path / "client.log"
+    target.write_bytes(b"not a socket")
+    proc = client(image, target, log, "--reconnect-delay", "0.05")
+    wait_for_text(log, f"cannot connect to {target}: not a socket; retrying every 0.05 s", proc)
+    time.sleep(0.5)
+    stop_cleanly(proc, log)
+    assert log.read_text().count("not a socket") == 1
+    assert target.read_bytes() == b"not a socket"
+
+
+def test_a_full_listen_backlog_does_not_hold_the_client(image, tmp_path):
+    """A front-end that does not accept (its backlog full) is a failed attempt, not a thread stuck in connect()."""
+    path, log = tmp_path / "busy.sock", tmp_path / "client.log"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(0)
+    queued = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    queued.connect(str(path))  # the one the backlog holds
+    try:
+        proc = client(image, path, log, "--reconnect-delay", "0.05")
+        wait_for_text(log, "listen backlog is full; retrying", proc)
+        stop_cleanly(proc, log)
+    finally:
+        queued.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (("--socket", "S", "--reconnect-delay", "1"), "--reconnect-delay applies to --connect"),
+    (("--connect", "S", "--socket-mode", "0600"), "--socket-mode and --socket-group apply to a socket vring "
+                                                  "creates, not to --connect"),
+    (("--connect", "S", "--reconnect-delay", "-1"), "must be a number of seconds, 0 or more"),
+    (("--connect", "S", "--reconnect-delay", "soon"), "is not a number of seconds"),
+    (("--connect", "S", "--socket", "T"), "not allowed with argument"),
+])
+def test_usage_errors_of_client_mode(image, tmp_path, extra, fragment):
+    extra = tuple(str(tmp_path / a) if a in ("S", "T") else a for a in extra)
+    assert_one_line(vring_cli("serve", "blk", str(image), *extra, timeout=30), 2, fragment)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_client_while_it_serves_a_connection(image, tmp_path, signum):
+    path, log = tmp_path / "frontend.sock", tmp_path / "client.log"
+    listener = listening(path)
+    proc = client(image, path, log)
+    with listener, accepted_frontend(listener) as front:
+        assert BlkClient(front, queue_size=16).read(0, 1) == image.read_bytes()[:512]
+        proc.send_signal(signum)
+        assert proc.wait(15) == 0, log.read_text()
+        os.close(front.memfd)
+    assert "Traceback" not in log.read_text()
+
+
+def test_the_client_api_refuses_in_one_line_without_retry(tmp_path):
+    from vring.devices.rng import RngDevice
+    from vring.vhost_user.server import ConnectError, VhostUserBackend
+
+    backend = VhostUserBackend(RngDevice, str(tmp_path / "none.sock"))
+    with pytest.raises(ConnectError, match=r"^cannot connect to .*none\.sock: No such file or directory$"):
+        backend.connect(reconnect_delay=0)
+    with pytest.raises(ValueError, match="reconnect_delay"):
+        backend.connect(reconnect_delay=-1)

@@ -30,7 +30,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 START_MARKER = "VRING-GUEST-START"
 EXIT_MARKER = "VRING-GUEST-EXIT="
@@ -98,13 +98,15 @@ def extract_vmlinux(kernel: Path, dest: Path) -> Path:
 
 
 def build_initramfs(
-    dest: Path, script: str, modules: Sequence[str] = VIRTIO_BLK_MODULES, release: Optional[str] = None
+    dest: Path, script: str, modules: Sequence[str] = VIRTIO_BLK_MODULES, release: Optional[str] = None,
+    files: Optional[Mapping[str, bytes]] = None,
 ) -> Path:
     """Write to ``dest`` a gzip'd newc cpio that boots into ``script`` and returns ``dest``.
 
     The script runs under ``sh -e`` (a failing command fails the guest) with busybox's applets on PATH, after
     ``modules`` are loaded in the given order. Modules built into the kernel are skipped; a module this kernel does
-    not have at all is skipped with a warning (older kernels lack some of the split virtio_pci modules).
+    not have at all is skipped with a warning (older kernels lack some of the split virtio_pci modules). ``files``
+    (name in the root directory -> contents) are added for the script to read.
     """
     release = release if release is not None else kernel_release()
     _check_static(BUSYBOX)
@@ -123,6 +125,8 @@ def build_initramfs(
         if path is not None:
             archive.file(f"lib/modules/{name}.ko", _read_module(path), 0o644)
             loaded.append(name)
+    for name, data in (files or {}).items():
+        archive.file(name, data, 0o644)
     archive.file("script", script.encode(), 0o755)
     archive.file("init", _init_script(loaded).encode(), 0o755)
 
@@ -182,15 +186,20 @@ def run_guest(
     duration = time.monotonic() - start
 
     console = out.decode(errors="replace").replace("\r\n", "\n")
-    # The last marker wins: the script itself may well have printed the marker text earlier.
-    codes = re.findall(rf"{EXIT_MARKER}(\d+)", console)
     return GuestResult(
-        exit_code=int(codes[-1]) if codes else None,
+        exit_code=exit_code_of(console),
         console=console,
         duration_s=duration,
         returncode=proc.returncode,
         stderr=err.decode(errors="replace"),
     )
+
+
+def exit_code_of(console: str) -> Optional[int]:
+    """The guest script's exit status its console reports; None if the exit marker never appeared."""
+    # The last marker wins: the script itself may well have printed the marker text earlier.
+    codes = re.findall(rf"{EXIT_MARKER}(\d+)", console)
+    return int(codes[-1]) if codes else None
 
 
 def missing_prerequisites() -> list[str]:

@@ -1,13 +1,16 @@
-"""`vring serve blk|rng`: serve a device to QEMU (or any vhost-user front-end) on a unix socket."""
+"""`vring serve blk|rng`: serve a device to QEMU (or any vhost-user front-end) on a unix socket, listening on it
+or connecting to a front-end that listens (client mode)."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import signal
 import sys
 
 from vring.vhost_user import ListenError, VhostUserBackend
+from vring.vhost_user.server import ConnectError
 
 from ._args import CommandError, int_range
 
@@ -17,8 +20,14 @@ EXAMPLES = """examples:
   vring serve blk disk.img --socket /run/vm/blk.sock --socket-mode 0660 --socket-group kvm
   vring serve blk disk.img --socket-fd 3           # a listening socket from systemd or libvirt
   vring serve rng --socket /tmp/rng.sock -v
+  vring serve blk disk.img --connect /tmp/qemu-blk.sock  # client mode: QEMU listens (server=on,wait=off)
 
-With NOTIFY_SOCKET set (systemd Type=notify), READY=1 is sent once the socket listens.
+In client mode the back-end connects to the front-end's socket, serves that connection and, when it ends or
+cannot be made, connects again (at most once every --reconnect-delay seconds; 0: a single attempt, whose failure
+is an error). SIGTERM, SIGINT and SIGHUP stop it cleanly in either mode.
+
+With NOTIFY_SOCKET set (systemd Type=notify), READY=1 is sent once the socket listens (client mode: after the
+first connection attempt, whether or not it succeeded).
 
 The image is locked while it is served (shared with --read-only, exclusive otherwise), as qemu-storage-daemon
 locks it: a second writer on the same image is refused."""
@@ -33,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--socket", help="unix socket path to listen on")
     where.add_argument("--socket-fd", type=int_range(0), metavar="FD",
                        help="serve on this already bound, listening unix socket (socket activation)")
+    where.add_argument("--connect", metavar="PATH",
+                       help="client mode: connect to the front-end listening on this unix socket, and reconnect")
+    parser.add_argument("--reconnect-delay", type=delay_seconds, metavar="SECONDS",
+                        help="with --connect: seconds between connection attempts (default 1; 0: no retry)")
     parser.add_argument("--socket-mode", type=octal_mode, metavar="MODE",
                         help="permission bits of the socket file, in octal (e.g. 0660; default from the umask)")
     parser.add_argument("--socket-group", type=group_id, metavar="GROUP",
@@ -58,6 +71,17 @@ def octal_mode(text: str) -> int:
     if not 0 <= mode <= 0o777:
         raise argparse.ArgumentTypeError(f"{text} is not a mode from 0 to 0777")
     return mode
+
+
+def delay_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a number of seconds, 0 or more")
+    return value
 
 
 def group_id(text: str) -> int:
@@ -106,6 +130,7 @@ def notify_ready(status: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    usage_checks(args)
     if args.device == "blk":
         if not args.image:
             raise CommandError("blk needs an IMAGE", code=2)
@@ -138,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
             device.offer_packed = args.packed
             return device
     try:
-        backend = VhostUserBackend(factory, args.socket or "")
+        backend = VhostUserBackend(factory, args.socket or args.connect or "")
 
         def stop(signum, _frame):
             logging.getLogger("vring").info("signal %d: stopping", signum)
@@ -148,24 +173,46 @@ def run(args: argparse.Namespace) -> int:
         # then stop cleanly (and remove its socket), not die of the signal's default action.
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, stop)
-        try:
-            if args.socket_fd is not None:
-                if args.socket_mode is not None or args.socket_group is not None:
-                    raise CommandError("--socket-mode and --socket-group apply to a socket vring creates, not to "
-                                       "--socket-fd", code=2)
-                backend.adopt(args.socket_fd)
-            else:
-                backend.listen(args.socket_mode, args.socket_group)
-        except ListenError as exc:  # a live server or a file that is not a socket: the user named the wrong path
-            raise CommandError(str(exc), code=2) from None
-        except OSError as exc:
-            raise CommandError(f"cannot listen on {backend.path}: {exc.strerror or exc}") from None
-
+        if args.connect is not None:
+            connect(backend, args)
+            where = f"the front-end at {backend.path} (client mode)"
+        else:
+            listen(backend, args)
+            where = backend.path
         if not args.quiet:
-            print(f"vring: serving virtio-{args.device} on {backend.path}", file=sys.stderr, flush=True)
-        notify_ready(f"serving virtio-{args.device} on {backend.path}")
+            print(f"vring: serving virtio-{args.device} on {where}", file=sys.stderr, flush=True)
+        notify_ready(f"serving virtio-{args.device} on {where}")
         backend.serve_forever()
     finally:
         if image is not None:
             image.close()
     return 0
+
+
+def usage_checks(args: argparse.Namespace) -> None:
+    """Options that do not apply to the mode chosen are a usage error, not silently ignored."""
+    if args.reconnect_delay is not None and args.connect is None:
+        raise CommandError("--reconnect-delay applies to --connect (client mode) only", code=2)
+    if args.socket is None and (args.socket_mode is not None or args.socket_group is not None):
+        what = "--socket-fd" if args.socket_fd is not None else "--connect"
+        raise CommandError(f"--socket-mode and --socket-group apply to a socket vring creates, not to {what}", code=2)
+
+
+def listen(backend: VhostUserBackend, args: argparse.Namespace) -> None:
+    try:
+        if args.socket_fd is not None:
+            backend.adopt(args.socket_fd)
+        else:
+            backend.listen(args.socket_mode, args.socket_group)
+    except ListenError as exc:  # a live server or a file that is not a socket: the user named the wrong path
+        raise CommandError(str(exc), code=2) from None
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {backend.path}: {exc.strerror or exc}") from None
+
+
+def connect(backend: VhostUserBackend, args: argparse.Namespace) -> None:
+    delay = 1.0 if args.reconnect_delay is None else args.reconnect_delay
+    try:
+        backend.connect(reconnect_delay=delay)
+    except ConnectError as exc:  # no retry asked for: the first failure is the answer
+        raise CommandError(str(exc), code=2 if exc.errno == errno.ENOTSOCK else 1) from None

@@ -1,6 +1,8 @@
 """vhost-user back-end: serve a VirtioDevice to QEMU (or any vhost-user front-end) over a unix socket.
 
-One thread per connection runs its event loop (``connection.Connection``). Protocol errors close that connection
+Server mode (``listen``, ``adopt``) accepts any number of front-ends; client mode (``connect``) dials one
+listening front-end (QEMU's ``server=on``, DPDK's client mode), serves it, and dials again when it goes away. One
+thread per connection runs its event loop (``connection.Connection``). Protocol errors close that connection
 (with a log line naming the check) and the server goes on accepting; a malformed ring (bad guest input) latches
 only its queue, writes the queue's error eventfd and leaves the connection up. Running out of fds or threads
 refuses (or delays) a connection, never stops the server.
@@ -14,6 +16,7 @@ import os
 import socket
 import stat
 import threading
+import time
 from typing import Callable
 
 from ..device import VirtioDevice
@@ -46,9 +49,17 @@ class NotASocket(ListenError):
         super().__init__(errno.EEXIST, f"{path} exists and is not a socket: refusing to replace it", path)
 
 
+class ConnectError(OSError):
+    """Client mode: the front-end's socket cannot be connected to; ``str()`` is the one line that says why.
+    ``errno`` is ENOTSOCK when the path is not a socket at all (the user named the wrong path)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class VhostUserBackend:
-    """A vhost-user server on a unix socket; each connection gets a fresh device from ``device_factory``, closed
-    when the connection ends."""
+    """A vhost-user back-end on a unix socket, as its server or as a client of a listening front-end; each
+    connection gets a fresh device from ``device_factory``, closed when the connection ends."""
 
     def __init__(self, device_factory: Callable[[], VirtioDevice], path: str) -> None:
         self.device_factory = device_factory
@@ -59,6 +70,11 @@ class VhostUserBackend:
         self.socket_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket file we bound
         self.connections = 0
         self.starved = False  # the last accept() failed for want of fds or memory
+        # client mode (connect): None in server mode, else seconds between attempts (0: one attempt, no retry)
+        self.reconnect_delay: float | None = None
+        self.dialled: socket.socket | None = None  # a connection made and not yet served
+        self.last_dial = float("-inf")  # time.monotonic() of the last connection attempt
+        self.dial_failure: str | None = None  # why the last attempt failed, logged once until it changes
 
     # -- the socket file -----------------------------------------------------------------------------------
     def listen(self, mode: int | None = None, group: int | None = None) -> None:
@@ -130,7 +146,7 @@ class VhostUserBackend:
 
     def _remove_own_socket(self) -> None:
         """Unlink ``path`` if it is still the socket we bound, not a file someone put there since."""
-        if self.socket_id is None:  # adopted: the supervisor's socket
+        if self.socket_id is None:  # adopted (the supervisor's socket) or client mode (the front-end's)
             return
         try:
             st = os.lstat(self.path)
@@ -141,8 +157,107 @@ class VhostUserBackend:
         else:
             log.warning("%s is no longer the socket this server created: left in place", self.path)
 
+    # -- client mode ---------------------------------------------------------------------------------------
+    def connect(self, path: str | None = None, *, reconnect_delay: float = 1.0) -> None:
+        """Serve as the client of the front-end listening on ``path`` (default: the constructor's), one connection
+        at a time: ``serve_forever`` serves it and, when it ends, connects again. Attempts are at least
+        ``reconnect_delay`` seconds apart; a failing one is logged once per cause, not at every retry. The first
+        attempt is made here: with ``reconnect_delay`` 0 (no retry) its failure is raised as ConnectError and
+        ``serve_forever`` returns when that one connection ends."""
+        if not reconnect_delay >= 0:
+            raise ValueError(f"reconnect_delay must be 0 or more seconds, not {reconnect_delay}")
+        if path is not None:
+            self.path = path
+        self.reconnect_delay = reconnect_delay
+        self.socket_id = None  # the front-end's socket: never ours to remove
+        log.info("connecting to the front-end at %s", self.path)
+        try:
+            self.dialled = self._dial()
+        except ConnectError as exc:
+            if not reconnect_delay:
+                raise
+            self._dial_failed(exc)
+
+    def _dial(self) -> socket.socket:
+        """One connection attempt. Non-blocking: a front-end whose listen backlog is full refuses at once
+        (EAGAIN) instead of holding this thread."""
+        self.last_dial = time.monotonic()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            raise self._connect_error(exc) from None
+        sock.setblocking(True)
+        if self.dial_failure is not None:
+            log.info("connected to %s again", self.path)
+            self.dial_failure = None
+        return sock
+
+    def _connect_error(self, exc: OSError) -> ConnectError:
+        if exc.errno == errno.ECONNREFUSED:  # Linux says the same of a socket nobody listens on and of a file
+            try:
+                is_socket = stat.S_ISSOCK(os.lstat(self.path).st_mode)
+            except OSError:
+                is_socket = True
+            if not is_socket:
+                return ConnectError(errno.ENOTSOCK, f"cannot connect to {self.path}: not a socket", self.path)
+            reason = "connection refused (no front-end listening)"
+        elif exc.errno == errno.EAGAIN:
+            reason = "the front-end's listen backlog is full"
+        else:
+            reason = exc.strerror or str(exc)
+        return ConnectError(exc.errno, f"cannot connect to {self.path}: {reason}", self.path)
+
+    def _dial_failed(self, exc: ConnectError) -> None:
+        if str(exc) != self.dial_failure:
+            log.warning("%s; retrying every %g s", exc, self.reconnect_delay)
+            self.dial_failure = str(exc)
+
+    def _next_dialled(self) -> socket.socket | None:
+        """The next connection to the front-end, retrying as ``connect`` says; None once stopped."""
+        assert self.reconnect_delay is not None
+        while not self.stop_event.is_set():
+            if self.dialled is not None:
+                sock, self.dialled = self.dialled, None
+                return sock
+            if not self.reconnect_delay:  # no retry: the one connection was served
+                return None
+            self._pause(self.last_dial + self.reconnect_delay - time.monotonic())
+            if self.stop_event.is_set():
+                return None
+            try:
+                self.dialled = self._dial()
+            except ConnectError as exc:
+                self._dial_failed(exc)
+        return None
+
+    def _serve_as_client(self) -> None:
+        try:
+            while True:
+                sock = self._next_dialled()
+                if sock is None:
+                    return
+                thread = self._start_connection(sock)
+                while thread is not None and thread.is_alive() and not self.stop_event.is_set():
+                    thread.join(0.1)
+        finally:
+            self.close()
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep up to ``seconds``, ending early on stop. In slices, not stop_event.wait(): that holds a lock in
+        Python code, which a signal handler calling stop() on this same thread would wait for forever."""
+        end = time.monotonic() + seconds
+        while not self.stop_event.is_set() and (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
+
     # -- serving -------------------------------------------------------------------------------------------
     def serve_forever(self) -> None:
+        """Serve until stop(): accept connections (server mode), or connect and reconnect (client mode)."""
+        if self.reconnect_delay is not None:
+            self._serve_as_client()
+            return
         if self.listener is None:
             self.listen()
         try:
@@ -169,7 +284,7 @@ class VhostUserBackend:
             if not self.starved:
                 log.error("cannot accept a connection: %s; retrying every %g s", exc.strerror, ACCEPT_BACKOFF)
                 self.starved = True
-            self.stop_event.wait(ACCEPT_BACKOFF)
+            self._pause(ACCEPT_BACKOFF)
             return None
         if self.starved:
             log.info("accepting connections again")
@@ -177,8 +292,9 @@ class VhostUserBackend:
         sock.settimeout(None)
         return sock
 
-    def _start_connection(self, sock: socket.socket) -> None:
-        """Give the connection a device and a thread; if either cannot be had, log why and close it."""
+    def _start_connection(self, sock: socket.socket) -> threading.Thread | None:
+        """Give the connection a device and a thread (returned); if either cannot be had, log why, close it and
+        return None."""
         self.connections += 1
         name = f"connection {self.connections}"
         log.info("%s: front-end connected", name)
@@ -187,11 +303,11 @@ class VhostUserBackend:
         except OSError as exc:
             log.error("%s: cannot create the device: %s", name, exc)
             sock.close()
-            return
+            return None
         except Exception:
             log.exception("%s: cannot create the device", name)
             sock.close()
-            return
+            return None
         try:
             conn = Connection(sock, device, name)
         except OSError as exc:
@@ -200,21 +316,25 @@ class VhostUserBackend:
                 device.close()
             finally:
                 sock.close()
-            return
+            return None
         thread = threading.Thread(target=conn.run, args=(self.stop_event,), name=name, daemon=True)
         try:
             thread.start()
         except RuntimeError as exc:  # no thread to be had
             log.error("%s: cannot serve the connection: %s", name, exc)
             conn.close()
-            return
+            return None
         self.threads = [t for t in self.threads if t.is_alive()] + [thread]
+        return thread
 
     def stop(self) -> None:
         self.stop_event.set()
 
     def close(self) -> None:
         self.stop_event.set()
+        if self.dialled is not None:
+            self.dialled.close()
+            self.dialled = None
         if self.listener is not None:
             self.listener.close()
             self.listener = None
