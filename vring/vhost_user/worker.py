@@ -110,9 +110,9 @@ class Worker:
             vring.serve(self.stopping)
         while not self.stopping.is_set():
             for fd, _ in poller.poll():
-                vring = by_kick.get(fd)
-                if vring is not None and not self.stopping.is_set():
-                    vring.kicked(self.stopping)
+                kicked = by_kick.get(fd)
+                if kicked is not None and not self.stopping.is_set():
+                    kicked.kicked(self.stopping)
 
 
 def group_rings(rings: Sequence[Vring], per_thread: int) -> list[list[Vring]]:
