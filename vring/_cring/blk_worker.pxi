@@ -68,13 +68,15 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_cond_destroy(pthread_cond_t *c)
     int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
     int pthread_cond_broadcast(pthread_cond_t *c)
+    int pthread_cond_signal(pthread_cond_t *c)
 
 cdef extern from "_cring/uring.h" nogil:
     ctypedef struct vring_uring:
         pass
     enum: VRING_URING_BUILT
     enum: RWF_DSYNC
-    vring_uring *vring_uring_new(unsigned entries, int eventfd, int *err)
+    vring_uring *vring_uring_new(unsigned entries, int *err)
+    int vring_uring_fd(vring_uring *ring)
     void vring_uring_free(vring_uring *ring)
     int vring_uring_rw(vring_uring *ring, int write, int fd, const iovec *iov, unsigned n, uint64_t offset,
                        int rw_flags, uint64_t data)
@@ -151,7 +153,7 @@ ctypedef struct BlkIo:               # what executing a request needs: shared wi
     BlkReq *queue_tail
     BlkReq *completed
     bint exiting
-    int done_fd                      # written on each completion (io_uring's is registered on it)
+    int done_fd                      # the pool's threads write it on each completion
 
 
 ctypedef struct BlkRing:
@@ -281,7 +283,8 @@ cdef class BlkWorker:
     """A virtio-blk device's executor for a group of rings (vring.vhost_user.worker.Executor).
 
     ``rings`` are (device queue, kick fd, call fd); ``fd`` is the image (opened O_DIRECT when ``align`` is not 0:
-    guest buffers not aligned to it are bounced), ``size`` its bytes; ``serial`` is what GET_ID answers.
+    guest buffers not aligned to it are bounced), ``size`` its bytes; ``serial`` is what GET_ID answers;
+    ``punch_holes`` is false for a block device (discard and write-zeroes then write zeros, as BlkDevice does).
     ``aio`` is a BLK_AIO_MODES key. ``run`` serves until ``stop_fd`` is readable (see its docstring).
     """
 
@@ -298,6 +301,7 @@ cdef class BlkWorker:
     cdef vring_uring *uring
     cdef int mode
     cdef bint read_only
+    cdef bint punch_holes              # discard and write-zeroes may punch holes (a file, not a block device)
     cdef uint64_t size
     cdef unsigned char serial[BLK_ID_BYTES]
     cdef uint32_t serial_len
@@ -319,7 +323,7 @@ cdef class BlkWorker:
         pthread_cond_init(&self.io.wake, NULL)
 
     def __init__(self, rings, int fd, unsigned long long size, *, bint read_only=False, bint writeback=True,
-                 unsigned int align=0, bytes serial=b"", aio="io_uring", int stop_fd=-1):
+                 unsigned int align=0, bytes serial=b"", aio="io_uring", int stop_fd=-1, bint punch_holes=True):
         cdef int err = 0, i
         cdef DeviceQueue queue
         cdef uint32_t total = 0, entries = 1
@@ -332,6 +336,7 @@ cdef class BlkWorker:
         self.io.writeback = writeback
         self.io.align = align
         self.read_only = read_only
+        self.punch_holes = punch_holes
         self.size = size - size % BLK_SECTOR
         self.serial_len = min(len(serial), BLK_ID_BYTES)
         memcpy(self.serial, <const char *>serial, self.serial_len)
@@ -360,16 +365,16 @@ cdef class BlkWorker:
         for i in range(<int>total):
             self.reqs[i].next = self.free_list
             self.free_list = &self.reqs[i]
-        self.io.done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        if self.io.done_fd < 0:
-            raise OSError(errno, strerror(errno).decode())
         if self.mode == AIO_URING:
             while entries < min(total, <uint32_t>BLK_URING_MAX_ENTRIES):
                 entries <<= 1
-            self.uring = vring_uring_new(entries, self.io.done_fd, &err)
+            self.uring = vring_uring_new(entries, &err)
             if self.uring == NULL:
                 raise OSError(err, f"io_uring: {strerror(err).decode()}")
         elif self.mode == AIO_THREADS:
+            self.io.done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+            if self.io.done_fd < 0:
+                raise OSError(errno, strerror(errno).decode())
             for i in range(min(<int>total, BLK_POOL_THREADS)):
                 if pthread_create(&self.threads[i], NULL, blk_pool_thread, self.io) != 0:
                     break
@@ -483,7 +488,9 @@ cdef class BlkWorker:
             if not self.stopping and self._arm_rings():
                 continue  # the driver added chains while we were deciding to sleep
             nfds = 0
-            self.fds[nfds].fd = self.io.done_fd
+            # io_uring's own fd polls readable while a completion waits; the pool writes an eventfd; a
+            # synchronous worker has nothing to wait for (-1: poll skips it)
+            self.fds[nfds].fd = vring_uring_fd(self.uring) if self.mode == AIO_URING else self.io.done_fd
             self.fds[nfds].events = POLLIN
             nfds += 1
             if not self.stopping:  # once stopping, only completions matter (the stop fd stays readable)
@@ -499,7 +506,7 @@ cdef class BlkWorker:
                 self.fds[i].revents = 0
             if poll(self.fds, nfds, -1) < 0 and errno != EINTR:
                 return -1  # cannot happen with valid fds; nothing better to do than stop
-            if self.fds[0].revents:
+            if self.fds[0].revents and self.mode == AIO_THREADS:
                 c_read(self.io.done_fd, &count, 8)
             if not self.stopping:
                 if self.fds[1].revents:
@@ -738,7 +745,7 @@ cdef class BlkWorker:
         return BLK_S_OK
 
     cdef bint _punch(self, uint64_t offset, uint64_t length) noexcept nogil:
-        if length == 0:
+        if length == 0 or not self.punch_holes:
             return False
         return fallocate(self.io.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, <long>offset, <long>length) == 0
 
@@ -791,7 +798,7 @@ cdef class BlkWorker:
             else:
                 self.io.queue_head = req
             self.io.queue_tail = req
-            pthread_cond_broadcast(&self.io.wake)
+            pthread_cond_signal(&self.io.wake)  # one thread for one request
             pthread_mutex_unlock(&self.io.lock)
             return
         blk_exec(self.io, req)  # AIO_SYNC, or io_uring refused it
@@ -888,15 +895,10 @@ cdef class BlkWorker:
 def blk_uring_unavailable():
     """Why io_uring cannot be used here (one line), or None if it can."""
     cdef int err = 0
-    cdef int efd
     cdef vring_uring *ring
     if not VRING_URING_BUILT:
         return "vring's core was built without liburing"
-    efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-    if efd < 0:
-        return f"eventfd: {strerror(errno).decode()}"
-    ring = vring_uring_new(2, efd, &err)
-    c_close(efd)
+    ring = vring_uring_new(2, &err)
     if ring == NULL:
         return f"io_uring_setup failed: {strerror(err).decode()}"
     vring_uring_free(ring)

@@ -18,8 +18,9 @@
 #define VRING_URING_BUILT 1
 typedef struct io_uring vring_uring;
 
-/* A ring of ``entries`` submissions whose completions also signal ``eventfd``; NULL with *err = an errno. */
-static inline vring_uring *vring_uring_new(unsigned entries, int eventfd, int *err)
+/* A ring of ``entries`` submissions; NULL with *err = an errno. Its fd (vring_uring_fd) polls readable while a
+ * completion waits. */
+static inline vring_uring *vring_uring_new(unsigned entries, int *err)
 {
     vring_uring *ring = calloc(1, sizeof *ring);
     int rc;
@@ -33,14 +34,12 @@ static inline vring_uring *vring_uring_new(unsigned entries, int eventfd, int *e
         *err = -rc;
         return NULL;
     }
-    rc = io_uring_register_eventfd(ring, eventfd);
-    if (rc < 0) {
-        io_uring_queue_exit(ring);
-        free(ring);
-        *err = -rc;
-        return NULL;
-    }
     return ring;
+}
+
+static inline int vring_uring_fd(vring_uring *ring)
+{
+    return ring->ring_fd;
 }
 
 static inline void vring_uring_free(vring_uring *ring)
@@ -101,13 +100,14 @@ static inline int vring_uring_reap(vring_uring *ring, uint64_t *data, int *res)
 #define VRING_URING_BUILT 0
 typedef struct vring_uring vring_uring;
 
-static inline vring_uring *vring_uring_new(unsigned entries, int eventfd, int *err)
+static inline vring_uring *vring_uring_new(unsigned entries, int *err)
 {
     (void)entries;
-    (void)eventfd;
     *err = ENOSYS;
     return NULL;
 }
+
+static inline int vring_uring_fd(vring_uring *ring) { (void)ring; return -1; }
 
 static inline void vring_uring_free(vring_uring *ring) { (void)ring; }
 

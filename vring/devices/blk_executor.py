@@ -79,4 +79,5 @@ def make_executor(device: Any, rings: Sequence[tuple[int, Any, int, int]], stop_
                             device.direct_fd if direct else device.fd, device.size, read_only=device.read_only,
                             writeback=bool(device.writeback),
                             align=direct_alignment(device.logical_block_size) if direct else 0,
-                            serial=device.serial, aio=device.aio, stop_fd=stop_fd)
+                            serial=device.serial, aio=device.aio, stop_fd=stop_fd,
+                            punch_holes=not device.is_block_device)

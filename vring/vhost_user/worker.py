@@ -57,14 +57,17 @@ class Worker:
         self.stopping = threading.Event()  # the generic loop's between-batches check
         self.stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)  # wakes the poll() of either loop
         self.executor: Executor | None = None
-        try:
-            make_worker = getattr(device, "make_worker", None)
-            if make_worker is not None:
-                self.executor = make_worker([(r.index, r.queue, r.kick, r.call) for r in self.rings], self.stop_fd)
-        except BaseException:
-            os.close(self.stop_fd)
-            raise
         indices = ",".join(str(r.index) for r in self.rings)
+        make_worker = getattr(device, "make_worker", None)
+        if make_worker is not None:
+            try:
+                self.executor = make_worker([(r.index, r.queue, r.kick, r.call) for r in self.rings], self.stop_fd)
+            except OSError as exc:  # e.g. no io_uring or thread to be had now: the generic worker still serves
+                log.error("%s: queue(s) %s served in Python: the device's executor cannot start: %s", name,
+                          indices, exc)
+            except BaseException:
+                os.close(self.stop_fd)
+                raise
         self.thread = threading.Thread(target=self._run, name=f"{name} queue {indices}", daemon=True)
 
     def start(self) -> None:
