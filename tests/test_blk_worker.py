@@ -384,3 +384,16 @@ def test_vring_serve_blk_aio_and_cache_options(tmp_path, image, aio, cache):
             frontend.close()
     described = {"io_uring": "io_uring", "threads": "a thread pool", "sync": "synchronous I/O"}[aio]
     assert f"vring: block I/O by {described}, cache {cache}\n" in sock.with_suffix(".log").read_text()
+
+
+def test_a_subclass_serving_its_own_way_gets_the_python_worker(image):
+    class Custom(BlkDevice):
+        def handle(self, queue, chain):
+            return super().handle(queue, chain)
+
+    shared = Image(str(image))
+    try:
+        assert Custom(shared).make_worker([], -1) is None  # the C loop would bypass its handle
+        assert BlkDevice(shared).make_worker([], -1) is not None
+    finally:
+        shared.close()

@@ -197,7 +197,11 @@ class BlkDevice(VirtioDevice):
 
     def make_worker(self, rings: Sequence[tuple[int, Any, int, int]], stop_fd: int) -> Any:
         """The C executor for a vhost-user worker's rings (vring.vhost_user.worker), or None for the generic
-        worker (queues of the pure-Python engine)."""
+        worker: for queues of the pure-Python engine, and for a subclass that serves requests its own way (it
+        overrides ``handle`` or ``_serve``, which the C loop would bypass)."""
+        cls = type(self)
+        if cls.handle is not BlkDevice.handle or cls._serve is not BlkDevice._serve:
+            return None
         return blk_executor.make_executor(self, rings, stop_fd)
 
     def config_write_hook(self, offset: int, data: bytes) -> None:
