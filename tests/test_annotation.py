@@ -60,10 +60,13 @@ NOGIL_FUNCTIONS = {
     "dev_pop", "dev_check_push", "dev_push_all",
     # floor.pxi
     "now_ns",
+    # blk_io.pxi
+    "blk_iov_skip", "blk_exec", "blk_pool_thread",
+    # blk_request.pxi
+    "blk_range_ok", "blk_seg_host", "blk_copy_out", "blk_grow_iov", "blk_answer", "blk_parse", "blk_data_iov",
+    "blk_bounce_copy", "blk_get_id", "blk_discard_or_zero", "blk_punch", "blk_zero_range",
     # blk_worker.pxi
-    "blk_iov_skip", "blk_exec", "blk_pool_thread", "blk_range_ok", "blk_seg_host", "blk_copy_out", "blk_grow_iov",
-    "_serve_loop", "_arm_rings", "_disarm_ring", "_pop_ring", "_answer", "_parse_and_start", "_data_iov",
-    "_bounce_copy", "_get_id", "_discard_or_zero", "_punch", "_zero_range", "_issue", "_submit_uring",
+    "_serve_loop", "_arm_rings", "_disarm_ring", "_pop_ring", "_answer", "_issue", "_submit_uring",
     "_reap_completions", "_complete_io", "_finish_answered", "_publish_rings",
 }
 
