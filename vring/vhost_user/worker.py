@@ -18,7 +18,7 @@ import logging
 import os
 import select
 import threading
-from typing import Any, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from ..device import VirtioDevice
 from .vring import Vring
@@ -27,7 +27,8 @@ log = logging.getLogger("vring.vhost_user")
 
 
 class Executor(Protocol):
-    """A device's own loop over a group of rings (what ``make_worker`` returns)."""
+    """A device's own loop over a group of rings: what its ``make_worker(rings, stop_fd)`` returns, with rings as
+    (index, device queue, kick fd, call fd); None from ``make_worker`` means the generic worker serves them."""
 
     def run(self) -> int | None:
         """Serve until the stop eventfd is readable, then finish the requests in flight, push them, signal and
@@ -39,13 +40,6 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release what the executor holds (after ``run`` returned None)."""
-
-
-class WorkerFactory(Protocol):
-    """A device with its own executor: ``make_worker(rings, stop_fd)`` with rings as (index, device queue, kick
-    fd, call fd) returns an Executor, or None to be served by the generic worker."""
-
-    def make_worker(self, rings: Sequence[tuple[int, Any, int, int]], stop_fd: int) -> Executor | None: ...
 
 
 class Worker:
