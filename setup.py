@@ -10,9 +10,16 @@ with ``VRING_DEBUG=1`` the debug build's -O0 and assertions are kept.
 
 ``VRING_FUZZ=1`` builds a core for coverage-guided fuzzing (``fuzz/README.md``): compiled by clang with libFuzzer's
 coverage instrumentation (``-fsanitize=fuzzer-no-link``) but not its runtime, which the fuzzing process preloads.
+
+liburing (Debian's liburing-dev) is linked when it is found (pkg-config, else its header), defining
+VRING_HAVE_LIBURING for the virtio-blk worker's io_uring path; without it, or with ``VRING_NO_LIBURING=1``, the core
+builds without io_uring and the worker falls back to a thread pool at run time.
 """
 
 import os
+import shutil
+import subprocess
+import sysconfig
 from glob import glob
 
 import numpy
@@ -41,11 +48,42 @@ macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"), ("VRING_CFLAGS", '"'
 if debug:
     macros.append(("VRING_DEBUG", "1"))
 
+
+
+def find_liburing() -> tuple[list[str], list[str]]:
+    """(include dirs, library dirs) of liburing, or raises LookupError if it is not installed."""
+    if switch("VRING_NO_LIBURING"):
+        raise LookupError("VRING_NO_LIBURING is set")
+    if shutil.which("pkg-config"):
+        found = subprocess.run(["pkg-config", "--cflags-only-I", "--libs-only-L", "liburing"], capture_output=True,
+                               text=True)
+        if found.returncode == 0:
+            flags = found.stdout.split()
+            return [f[2:] for f in flags if f.startswith("-I")], [f[2:] for f in flags if f.startswith("-L")]
+    for include in ("/usr/include", "/usr/local/include", sysconfig.get_config_var("INCLUDEDIR") or ""):
+        if include and os.path.exists(os.path.join(include, "liburing.h")):
+            return [include], []
+    raise LookupError("liburing.h not found")
+
+
+libraries: list[str] = []
+include_dirs = ["vring", numpy.get_include()]
+library_dirs: list[str] = []
+try:
+    uring_includes, library_dirs = find_liburing()
+    include_dirs += uring_includes
+    libraries.append("uring")
+    macros.append(("VRING_HAVE_LIBURING", "1"))
+except LookupError as exc:
+    print(f"vring: building without io_uring ({exc}; install liburing-dev)")
+
 extensions = [
     Extension(
         "vring._cring",
         ["vring/_cring.pyx"],
-        include_dirs=["vring", numpy.get_include()],
+        include_dirs=include_dirs,
+        libraries=libraries,
+        library_dirs=library_dirs,
         # The hub includes every .pxi; the headers hold the barriers and the debug assertions.
         depends=["vring/_cring.pxd", "vring/barrier.h"] + sorted(glob("vring/_cring/*.pxi") + glob("vring/_cring/*.h")),
         extra_compile_args=compile_args,

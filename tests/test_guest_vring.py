@@ -39,6 +39,10 @@ CASES = {
     "no-event-idx": dict(queues=1, smp=1, options=",event_idx=off"),
     "packed": dict(queues=1, smp=1, options=",packed=on"),
     "packed-2-queues-no-indirect": dict(queues=2, smp=2, options=",packed=on,indirect_desc=off"),
+    # The back-end's other I/O paths (the cases above use the default, io_uring with the page cache).
+    "2-queues-aio-threads-cache-none": dict(queues=2, smp=2, options="", extra=("--aio", "threads", "--cache", "none")),
+    "aio-sync-one-worker-for-2-queues": dict(queues=2, smp=2, options=",packed=on",
+                                             extra=("--aio", "sync", "--queues-per-thread", "2")),
 }
 
 
@@ -51,7 +55,7 @@ def test_guest_reads_and_writes_a_vring_disk(kernel: Path, tmp_path: Path, case:
     image.write_bytes(original)
     sock = tmp_path / "blk.sock"
     initrd = guest.build_initramfs(tmp_path / "initrd.gz", disk_script(read_only))
-    with vring_blk(image, sock, queues=params["queues"], read_only=read_only):
+    with vring_blk(image, sock, queues=params["queues"], read_only=read_only, extra=params.get("extra", ())):
         result = guest.run_guest(kernel, initrd, [
             "-chardev", f"socket,id=c0,path={sock}",
             "-device", f"vhost-user-blk-pci,chardev=c0,num-queues={params['queues']}{params['options']}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import signal
 import sys
 
@@ -17,6 +18,7 @@ from ._args import CommandError, int_range
 EXAMPLES = """examples:
   vring serve blk disk.img --socket /tmp/blk.sock
   vring serve blk disk.img --socket /tmp/blk.sock --read-only --queues 4
+  vring serve blk disk.img --socket /tmp/blk.sock --queues 4 --aio io_uring --cache none
   vring serve blk disk.img --socket /run/vm/blk.sock --socket-mode 0660 --socket-group kvm
   vring serve blk disk.img --socket-fd 3           # a listening socket from systemd or libvirt
   vring serve rng --socket /tmp/rng.sock -v
@@ -60,6 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"blk: number of request queues, 1 to {MAX_QUEUES} (default 1)")
     parser.add_argument("--packed", action=argparse.BooleanOptionalAction, default=True,
                         help="offer packed rings (on by default; the driver chooses)")
+    parser.add_argument("--aio", choices=["io_uring", "threads", "sync"],
+                        help="blk: how requests reach the image: io_uring, a thread pool, or synchronously in each "
+                             "queue's worker (default io_uring where it works, else threads)")
+    parser.add_argument("--cache", choices=["writeback", "none"], default="writeback",
+                        help="blk: writeback goes through the page cache (default); none opens the image with "
+                             "O_DIRECT")
+    parser.add_argument("--queues-per-thread", type=int_range(1, MAX_QUEUES), default=1, metavar="K",
+                        help="blk: queues served by one worker thread (default 1: a thread per queue)")
 
 
 def octal_mode(text: str) -> int:
@@ -146,16 +156,28 @@ def run(args: argparse.Namespace) -> int:
             image.close()
             raise CommandError(f"{args.image} is {image.size} bytes, not a multiple of the logical block size "
                                f"{args.logical_block_size}")
+        from vring.devices.blk_executor import AIO_DESCRIPTIONS, choose_aio, open_direct
+
+        try:
+            aio, why = choose_aio(args.aio)
+            if args.cache == "none":
+                os.close(open_direct(image.fd, args.image, image.read_only))  # refused now rather than per guest
+        except ImageError as exc:
+            image.close()
+            raise CommandError(str(exc)) from None
+        started = f"block I/O by {AIO_DESCRIPTIONS[aio]}, cache {args.cache}" + (f" ({why})" if why else "")
 
         def factory():
             device = BlkDevice(image, num_queues=args.queues, serial=args.serial,
-                               logical_block_size=args.logical_block_size)
+                               logical_block_size=args.logical_block_size, aio=aio, cache=args.cache)
             device.offer_packed = args.packed
+            device.queues_per_thread = args.queues_per_thread
             return device
     else:
         if args.image:
             raise CommandError(f"rng takes no IMAGE (got {args.image})", code=2)
         image = None
+        started = ""
         from vring.devices.rng import RngDevice
 
         def factory():
@@ -180,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
             listen(backend, args)
             where = backend.path
         if not args.quiet:
+            if started:
+                print(f"vring: {started}", file=sys.stderr, flush=True)
             print(f"vring: serving virtio-{args.device} on {where}", file=sys.stderr, flush=True)
         notify_ready(f"serving virtio-{args.device} on {where}")
         backend.serve_forever()

@@ -3,8 +3,10 @@
 A request is a chain: a 16-byte header {le32 type; le32 reserved; le64 sector} the device reads, data (read or
 written by the device, by type), and a status byte the device writes last. ``Request.parse`` finds these in a chain
 without any I/O; ``BlkDevice`` serves it, moving data between the image and guest memory with ``os.preadv`` /
-``os.pwritev`` straight into the chain's memoryviews: no Python-level copy. The driver side (``BlkClient``) has
-its own package and takes the wire format from here.
+``os.pwritev`` straight into the chain's memoryviews: no Python-level copy (with ``cache="none"`` through an
+aligned bounce buffer, as O_DIRECT needs). Served by vhost-user workers on the C core, the device hands whole
+rings to a C executor instead (``make_worker``, ``blk_executor``): the same rules, io_uring or a thread pool. The
+driver side (``BlkClient``) has its own package and takes the wire format from here.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import mmap
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
-from .._chainio import scatter
+from .._chainio import gather, scatter
 from ..device import Chain, ConfigError, VirtioDevice
+from . import blk_executor
 from .image import SECTOR, Image
 
 log = logging.getLogger("vring.blk")
@@ -136,16 +140,25 @@ class BlkDevice(VirtioDevice):
     ``image`` is a path (the device opens and locks it, and closes it in ``close``) or an ``Image`` a server
     opened once and shares between the devices of its connections (it stays open: its owner closes it). A
     read-only image makes a read-only device.
+
+    ``aio`` is how the C executor does I/O (``blk_executor.AIO_MODES``; None: io_uring where it works, else a
+    thread pool): ``self.aio`` is the mode chosen and ``self.aio_note`` why it is not the one asked for, if so.
+    ``cache="none"`` reads and writes the image with O_DIRECT (through a second descriptor the device owns).
     """
 
     device_id = DEVICE_ID
     max_queue_size = 1024
+    queues_per_thread = 1  # how many of its queues a vhost-user worker thread serves (vring.vhost_user.worker)
 
     def __init__(self, image: str | Image, *, read_only: bool = False, num_queues: int = 1,
-                 serial: str | None = None, logical_block_size: int = SECTOR) -> None:
+                 serial: str | None = None, logical_block_size: int = SECTOR, aio: str | None = None,
+                 cache: str = "writeback") -> None:
         super().__init__()
         if num_queues < 1 or num_queues > MAX_QUEUES:
             raise ValueError(f"num_queues must be between 1 and {MAX_QUEUES}")
+        if cache not in blk_executor.CACHE_MODES:
+            raise ValueError(f"cache must be one of {', '.join(blk_executor.CACHE_MODES)}, not {cache!r}")
+        self.aio, self.aio_note = blk_executor.choose_aio(aio)
         self.owns_image = not isinstance(image, Image)
         self.image = Image(image, read_only=read_only) if isinstance(image, str) else image
         self.path = self.image.path
@@ -156,6 +169,9 @@ class BlkDevice(VirtioDevice):
         self.size = self.image.size
         self.capacity = self.image.capacity  # in 512-byte sectors, whatever the logical block size
         self.serial = (serial if serial is not None else os.path.basename(self.path))[:ID_BYTES].encode()
+        self.logical_block_size = logical_block_size
+        self.direct_fd = (blk_executor.open_direct(self.fd, self.path, self.read_only) if cache == "none"
+                          else -1)
         self.writeback = 1
         self.device_features = (F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_TOPOLOGY | F_CONFIG_WCE
                                 | F_DISCARD | F_WRITE_ZEROES | (F_RO if self.read_only else 0)
@@ -172,9 +188,21 @@ class BlkDevice(VirtioDevice):
 
     def close(self) -> None:
         """Close the image if this device opened it; a shared one is its owner's to close."""
+        if self.direct_fd >= 0:
+            os.close(self.direct_fd)
+            self.direct_fd = -1
         if self.owns_image:
             self.image.close()
         self.fd = -1
+
+    def make_worker(self, rings: Sequence[tuple[int, Any, int, int]], stop_fd: int) -> Any:
+        """The C executor for a vhost-user worker's rings (vring.vhost_user.worker), or None for the generic
+        worker: for queues of the pure-Python engine, and for a subclass that serves requests its own way (it
+        overrides ``handle`` or ``_serve``, which the C loop would bypass)."""
+        cls = type(self)
+        if cls.handle is not BlkDevice.handle or cls._serve is not BlkDevice._serve:
+            return None
+        return blk_executor.make_executor(self, rings, stop_fd)
 
     def config_write_hook(self, offset: int, data: bytes) -> None:
         # Only the writeback byte may change (CONFIG_WCE); anything else is refused.
@@ -241,18 +269,19 @@ class BlkDevice(VirtioDevice):
         return sector * SECTOR + length <= self.size and sector <= self.capacity
 
     def _preadv(self, views: list[memoryview], offset: int, length: int) -> int:
-        done = 0
-        while done < length:
-            n = os.preadv(self.fd, _skip(views, done), offset + done)
-            if n == 0:
-                raise OSError(errno.EIO, "unexpected end of image")
-            done += n
-        return done
+        if self.direct_fd >= 0 and length:
+            bounce = memoryview(_aligned(length))[:length]  # freed with its last view, on return
+            _read_full(self.direct_fd, [bounce], offset, length)
+            return scatter(views, bounce)
+        return _read_full(self.fd, views, offset, length)
 
     def _pwritev(self, views: list[memoryview], offset: int, length: int) -> None:
-        done = 0
-        while done < length:
-            done += os.pwritev(self.fd, _skip(views, done), offset + done)
+        if self.direct_fd >= 0 and length:
+            bounce = memoryview(_aligned(length))[:length]
+            bounce[:] = gather(views)
+            _write_full(self.direct_fd, [bounce], offset, length)
+            return
+        _write_full(self.fd, views, offset, length)
 
     def _discard_or_zero(self, rtype: int, payload: bytes) -> int:
         if not payload or len(payload) % DISCARD_SEG.size or len(payload) // DISCARD_SEG.size > MAX_DISCARD_SEG:
@@ -283,6 +312,27 @@ class BlkDevice(VirtioDevice):
             n = os.pwrite(self.fd, ZERO_CHUNK[:min(length, len(ZERO_CHUNK))], offset)
             offset += n
             length -= n
+
+
+def _aligned(length: int) -> mmap.mmap:
+    """A page-aligned buffer of at least ``length`` bytes (what O_DIRECT needs whatever the guest's buffers)."""
+    return mmap.mmap(-1, -(-length // mmap.PAGESIZE) * mmap.PAGESIZE)
+
+
+def _read_full(fd: int, views: list[memoryview], offset: int, length: int) -> int:
+    done = 0
+    while done < length:
+        n = os.preadv(fd, _skip(views, done), offset + done)
+        if n == 0:
+            raise OSError(errno.EIO, "unexpected end of image")
+        done += n
+    return done
+
+
+def _write_full(fd: int, views: list[memoryview], offset: int, length: int) -> None:
+    done = 0
+    while done < length:
+        done += os.pwritev(fd, _skip(views, done), offset + done)
 
 
 def _split_last_byte(views: list[memoryview]) -> tuple[memoryview, list[memoryview]]:

@@ -1,5 +1,11 @@
-"""The event loop of one vhost-user connection: a selector over its socket and the kick eventfds of its started
-rings. Messages go to the handler and its answers back on the socket; a kick serves its ring."""
+"""The control path of one vhost-user connection: a thread reading its socket, each message handed to the handler
+and its answer sent back. The started rings are served by workers (``worker.Worker``), never by this thread.
+
+Around every message that may change what a worker uses (the memory table, a ring's eventfds or state, the
+features, the device's config), the workers are quiesced first and started again afterwards for the rings that
+still run: a worker never sees memory unmapped or an eventfd closed under it, and GET_VRING_BASE answers only once
+the ring's requests in flight are pushed. Read-only requests leave the workers running.
+"""
 
 from __future__ import annotations
 
@@ -11,33 +17,47 @@ import threading
 
 from ..device import VirtioDevice
 from .handler import Handler
-from .protocol import FLAG_REPLY, VERSION, PeerClosed, ProtocolError, recv_message, send_message
+from .protocol import FLAG_REPLY, VERSION, PeerClosed, ProtocolError, Request, recv_message, send_message
 from .vring import Vring
+from .worker import Worker, group_rings
 
 log = logging.getLogger("vring.vhost_user")
+
+# Requests that change nothing a worker uses: answered with the workers running.
+_WORKER_SAFE = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_QUEUE_NUM,
+                          Request.GET_MAX_MEM_SLOTS, Request.GET_CONFIG, Request.SET_OWNER, Request.GET_STATUS,
+                          Request.GET_INFLIGHT_FD})
 
 
 class Connection:
     """One front-end session, served by the thread that calls ``run``. It owns the socket and the device: both
-    are closed with it."""
+    are closed with it. ``queues_per_thread`` rings share a worker (by queue index: 0..k-1, k..2k-1, ...); the
+    device's ``queues_per_thread`` attribute, where it has one, is the default."""
 
-    def __init__(self, sock: socket.socket, device: VirtioDevice, name: str) -> None:
+    def __init__(self, sock: socket.socket, device: VirtioDevice, name: str,
+                 queues_per_thread: int | None = None) -> None:
         self.sock = sock
         self.name = name
+        self.device = device
+        self.queues_per_thread = queues_per_thread or int(getattr(device, "queues_per_thread", 1))
+        if self.queues_per_thread < 1:
+            raise ValueError(f"queues_per_thread must be at least 1, not {self.queues_per_thread}")
         self.selector = selectors.DefaultSelector()
         try:
-            self.selector.register(sock, selectors.EVENT_READ, None)  # data None: the socket; else the kicked Vring
+            self.selector.register(sock, selectors.EVENT_READ)
         except BaseException:
             self.selector.close()
             raise
-        self.watch_changes = 0  # bumped whenever a kick fd joins or leaves the selector
+        self.started: set[int] = set()  # queue indices the handler started and has not stopped
+        self.workers: list[Worker] = []
         self.handler = Handler(device, name, self)
 
     def run(self, stop: threading.Event) -> None:
         """Serve until the front-end leaves, breaks the protocol or ``stop`` is set; then close."""
         try:
             while not stop.is_set():
-                self._serve_batch()
+                if self.selector.select(timeout=0.5):
+                    self._message()
         except PeerClosed:
             log.info("%s: front-end disconnected", self.name)
         except ProtocolError as exc:
@@ -47,22 +67,16 @@ class Connection:
         finally:
             self.close()
 
-    def _serve_batch(self) -> None:
-        """One select(): each ready kick serves its ring, the ready socket one message. A message that changes
-        the watched fds ends the batch: the keys after it may name a kick fd closed or replaced since (what is
-        still ready shows again at the next select)."""
-        for key, _ in self.selector.select(timeout=0.5):
-            if key.data is None:
-                changes = self.watch_changes
-                self._message()
-                if self.watch_changes != changes:
-                    return
-            else:
-                key.data.kicked()
-
     def _message(self) -> None:
         msg = recv_message(self.sock)
-        reply = self.handler.handle(msg)
+        pause = msg.request not in _WORKER_SAFE
+        if pause:
+            self._quiesce_workers()
+        try:
+            reply = self.handler.handle(msg)
+        finally:
+            if pause:
+                self._start_workers()  # even after a protocol error: close() then quiesces them in order
         if reply is not None:
             fds = self.handler.take_reply_fds()
             try:
@@ -71,25 +85,36 @@ class Connection:
                 for fd in fds:  # the peer has its own copy now
                     os.close(fd)
 
+    def _start_workers(self) -> None:
+        running = [v for v in self.handler.vrings
+                   if v.index in self.started and v.queue is not None and v.enabled and not v.broken]
+        for rings in group_rings(running, self.queues_per_thread):
+            worker = Worker(rings, self.device, self.name)
+            self.workers.append(worker)  # before start: quiesce must find it even if start fails
+            worker.start()
+
+    def _quiesce_workers(self) -> None:
+        workers, self.workers = self.workers, []
+        for worker in workers:
+            worker.quiesce()
+
     def close(self) -> None:
-        """Close the rings, the memory, the device, the selector and the socket (each even if one before fails)."""
+        """Stop the workers, then close the rings, the memory, the device, the selector and the socket (each
+        even if one before fails)."""
         try:
-            self.handler.close()
+            self._quiesce_workers()
         finally:
             try:
-                self.selector.close()
+                self.handler.close()
             finally:
-                self.sock.close()
+                try:
+                    self.selector.close()
+                finally:
+                    self.sock.close()
 
-    # -- the handler's KickWatcher -------------------------------------------------------------------------
+    # -- the handler's KickWatcher: which rings run (their workers start after the message) ----------------
     def watch(self, vring: Vring) -> None:
-        self.selector.register(vring.kick, selectors.EVENT_READ, vring)
-        self.watch_changes += 1
+        self.started.add(vring.index)
 
     def unwatch(self, vring: Vring) -> None:
-        if vring.kick >= 0:
-            try:
-                self.selector.unregister(vring.kick)
-            except (KeyError, ValueError):
-                return  # not watched: the ring was not started
-            self.watch_changes += 1
+        self.started.discard(vring.index)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 from typing import Any
 
 from .. import create_device_queue, ring_layout
@@ -119,22 +120,24 @@ class Vring:
         if self.err >= 0:
             _notify(self.err)
 
-    # -- serving -------------------------------------------------------------------------------------------
-    def kicked(self) -> None:
+    # -- serving (by the ring's worker) ---------------------------------------------------------------------
+    def kicked(self, stop: threading.Event | None = None) -> None:
         """The kick eventfd is readable: consume it and serve the ring if it runs."""
         read_eventfd(self.kick)
         if self.queue is not None and self.enabled:
-            self.serve()
+            self.serve(stop)
 
-    def serve(self) -> None:
-        """Serve what the driver made available until the ring is idle with notifications re-armed. A malformed
-        ring (bad guest input) latches this ring only: logged, the error eventfd written, never served again
-        until it restarts."""
+    def serve(self, stop: threading.Event | None = None) -> None:
+        """Serve what the driver made available until the ring is idle with notifications re-armed, or until
+        ``stop`` is set (checked between batches: every chain popped is pushed first). A malformed ring (bad
+        guest input) latches this ring only (``fail``)."""
         queue = self.queue
         if queue is None or self.broken:
             return
 
         def serve_batch() -> int:
+            if stop is not None and stop.is_set():
+                raise _Stopped
             served, notify = self.device.process(self.index, queue)
             if notify:
                 self.signal()
@@ -142,10 +145,20 @@ class Vring:
 
         try:
             serve_until_idle(queue, serve_batch)
+        except _Stopped:
+            pass
         except VringError as exc:
-            self.broken = True
-            log.error("%s: queue %d stopped: %s", self.name, self.index, exc)
-            self.signal_error()
+            self.fail(exc)
+
+    def fail(self, error: Exception) -> None:
+        """The ring is malformed: logged, the error eventfd written, never served again until it restarts."""
+        self.broken = True
+        log.error("%s: queue %d stopped: %s", self.name, self.index, error)
+        self.signal_error()
+
+
+class _Stopped(Exception):
+    """The worker was asked to stop between two batches."""
 
 
 def _notify(fd: int) -> None:

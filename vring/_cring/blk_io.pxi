@@ -1,0 +1,239 @@
+# The virtio-blk worker's I/O (blk_worker.pxi has its loop): the C declarations it needs, virtio-blk's wire
+# values, a request and how it is executed synchronously, the thread pool's threads, and whether io_uring works.
+
+from libc.stdint cimport uintptr_t
+from libc.stdlib cimport calloc
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+    ssize_t preadv(int fd, const iovec *iov, int n, long offset)
+    ssize_t pwritev2(int fd, const iovec *iov, int n, long offset, int flags)
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long n, int timeout)
+    enum: POLLIN
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    enum: EFD_NONBLOCK
+    enum: EFD_CLOEXEC
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t c_read "read"(int fd, void *buf, size_t n)
+    ssize_t c_write "write"(int fd, const void *buf, size_t n)
+    ssize_t pwrite(int fd, const void *buf, size_t n, long offset)
+    int fdatasync(int fd)
+    int c_close "close"(int fd)
+
+cdef extern from "<fcntl.h>" nogil:
+    int fallocate(int fd, int mode, long offset, long length)
+    enum: FALLOC_FL_KEEP_SIZE
+    enum: FALLOC_FL_PUNCH_HOLE
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    enum: EINTR
+    enum: EIO
+    enum: EINVAL
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void **out, size_t alignment, size_t size)
+
+cdef extern from "<string.h>" nogil:
+    char *strerror(int errnum)
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    ctypedef struct pthread_mutex_t:
+        pass
+    ctypedef struct pthread_cond_t:
+        pass
+    int pthread_create(pthread_t *thread, void *attr, void *(*start)(void *) noexcept nogil, void *arg)
+    int pthread_join(pthread_t thread, void **ret)
+    int pthread_mutex_init(pthread_mutex_t *m, void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+    int pthread_cond_init(pthread_cond_t *c, void *attr)
+    int pthread_cond_destroy(pthread_cond_t *c)
+    int pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
+    int pthread_cond_broadcast(pthread_cond_t *c)
+    int pthread_cond_signal(pthread_cond_t *c)
+
+cdef extern from "_cring/uring.h" nogil:
+    ctypedef struct vring_uring:
+        pass
+    enum: VRING_URING_BUILT
+    enum: RWF_DSYNC
+    vring_uring *vring_uring_new(unsigned entries, int *err)
+    int vring_uring_fd(vring_uring *ring)
+    void vring_uring_free(vring_uring *ring)
+    int vring_uring_rw(vring_uring *ring, int write, int fd, const iovec *iov, unsigned n, uint64_t offset,
+                       int rw_flags, uint64_t data)
+    int vring_uring_fdatasync(vring_uring *ring, int fd, uint64_t data)
+    int vring_uring_submit(vring_uring *ring)
+    int vring_uring_reap(vring_uring *ring, uint64_t *data, int *res)
+
+# virtio-blk's wire values (spec 5.2.6), the same as vring.devices.blk's (tests/test_blk_worker.py compares them).
+cdef enum:
+    BLK_T_IN = 0
+    BLK_T_OUT = 1
+    BLK_T_FLUSH = 4
+    BLK_T_GET_ID = 8
+    BLK_T_DISCARD = 11
+    BLK_T_WRITE_ZEROES = 13
+    BLK_S_OK = 0
+    BLK_S_IOERR = 1
+    BLK_S_UNSUPP = 2
+    BLK_HEADER_BYTES = 16
+    BLK_ID_BYTES = 20
+    BLK_SECTOR = 512
+    BLK_DISCARD_SEG_BYTES = 16
+    BLK_MAX_DISCARD_SEG = 32
+    BLK_MAX_DISCARD_SECTORS = 1 << 22
+    BLK_WZ_UNMAP = 1
+    BLK_IOV_MAX = 1024               # what preadv / io_uring take at most in one call
+BLK_WIRE = {"T_IN": BLK_T_IN, "T_OUT": BLK_T_OUT, "T_FLUSH": BLK_T_FLUSH, "T_GET_ID": BLK_T_GET_ID,
+            "T_DISCARD": BLK_T_DISCARD, "T_WRITE_ZEROES": BLK_T_WRITE_ZEROES, "S_OK": BLK_S_OK,
+            "S_IOERR": BLK_S_IOERR, "S_UNSUPP": BLK_S_UNSUPP, "ID_BYTES": BLK_ID_BYTES, "SECTOR": BLK_SECTOR,
+            "MAX_DISCARD_SEG": BLK_MAX_DISCARD_SEG, "MAX_DISCARD_SECTORS": BLK_MAX_DISCARD_SECTORS,
+            "WZ_UNMAP": BLK_WZ_UNMAP}
+
+cdef enum:
+    AIO_SYNC = 0                     # preadv / pwritev in the worker's own loop
+    AIO_THREADS = 1                  # a pool of threads doing the same, many requests at once
+    AIO_URING = 2                    # io_uring
+BLK_AIO_MODES = {"sync": AIO_SYNC, "threads": AIO_THREADS, "io_uring": AIO_URING}
+
+cdef enum:
+    BLK_POOL_THREADS = 16            # threads of an AIO_THREADS worker's pool (fewer for small queues)
+    BLK_URING_MAX_ENTRIES = 4096     # submission slots of an io_uring (the completion ring has twice that)
+
+cdef enum:
+    OP_READ = 1
+    OP_WRITE = 2
+    OP_FLUSH = 3
+
+
+ctypedef struct BlkReq:
+    BlkReq *next                     # the free list, the pool's queue or a list of completions
+    uint32_t ring                    # position of its ring in the worker
+    uint16_t head
+    uint8_t op                       # OP_*, 0 for a request answered when parsed
+    uint8_t status                   # the status of a request answered when parsed
+    uint8_t *status_ptr              # the chain's last writable byte
+    uint32_t written                 # bytes the used element reports once the request succeeds
+    uint64_t offset                  # in the image
+    uint32_t length                  # data bytes
+    uint32_t done                    # data bytes moved so far (a short read or write goes on from there)
+    iovec *iov                       # the chain's data buffers in guest memory
+    int niov
+    int iov_cap
+    iovec bounce                     # an aligned copy of the data (O_DIRECT with unaligned guest buffers)
+    long long result                 # bytes moved, or -errno
+
+
+ctypedef struct BlkIo:               # the image, how requests on it are served, and the pool of threads doing it
+    int fd
+    uint64_t size                    # bytes (whole sectors)
+    bint read_only
+    bint writeback                   # else every write is made durable before it completes
+    bint punch_holes                 # discard and write-zeroes may punch holes (a file, not a block device)
+    uint32_t align                   # O_DIRECT's alignment (0: buffered I/O)
+    unsigned char serial[BLK_ID_BYTES]   # what GET_ID answers
+    uint32_t serial_len
+    pthread_mutex_t lock             # the pool's
+    pthread_cond_t wake
+    BlkReq *queue_head
+    BlkReq *queue_tail
+    BlkReq *completed
+    bint exiting
+    int done_fd                      # the pool's threads write it on each completion
+
+
+cdef inline void blk_iov_skip(iovec **iov, int *n, size_t skip) noexcept nogil:
+    """Advance an iovec array past ``skip`` bytes (it is the request's own copy: modified in place)."""
+    while n[0] and skip >= iov[0][0].iov_len:
+        skip -= iov[0][0].iov_len
+        iov[0] += 1
+        n[0] -= 1
+    if n[0] and skip:
+        iov[0][0].iov_base = <unsigned char *>iov[0][0].iov_base + skip
+        iov[0][0].iov_len -= skip
+
+
+cdef inline void blk_exec(BlkIo *io, BlkReq *r) noexcept nogil:
+    """Do ``r``'s I/O synchronously from ``r.done`` on; ``r.result`` = the data bytes moved in all, or -errno."""
+    cdef iovec *iov
+    cdef int n
+    cdef ssize_t got
+    if r.op == OP_FLUSH:
+        r.result = 0 if fdatasync(io.fd) == 0 else -errno
+        return
+    if r.bounce.iov_base != NULL:
+        iov = &r.bounce
+        n = 1
+    else:
+        iov = r.iov
+        n = r.niov
+    blk_iov_skip(&iov, &n, r.done)
+    while r.done < r.length:
+        if r.op == OP_READ:
+            got = preadv(io.fd, iov, n, <long>(r.offset + r.done))
+        else:
+            got = pwritev2(io.fd, iov, n, <long>(r.offset + r.done), 0 if io.writeback else RWF_DSYNC)
+        if got < 0:
+            if errno == EINTR:
+                continue
+            r.result = -errno
+            return
+        if got == 0:
+            r.result = -EIO  # past the end of the image: it shrank under us
+            return
+        r.done += got
+        blk_iov_skip(&iov, &n, got)
+    r.result = r.done
+
+
+cdef void *blk_pool_thread(void *arg) noexcept nogil:
+    """One thread of the pool: take a request, execute it, hand it back, until the pool exits."""
+    cdef BlkIo *io = <BlkIo *>arg
+    cdef BlkReq *r
+    cdef uint64_t one = 1
+    while True:
+        pthread_mutex_lock(&io.lock)
+        while io.queue_head == NULL and not io.exiting:
+            pthread_cond_wait(&io.wake, &io.lock)
+        r = io.queue_head
+        if r == NULL:
+            pthread_mutex_unlock(&io.lock)
+            return NULL
+        io.queue_head = r.next
+        if io.queue_head == NULL:
+            io.queue_tail = NULL
+        pthread_mutex_unlock(&io.lock)
+        blk_exec(io, r)
+        pthread_mutex_lock(&io.lock)
+        r.next = io.completed
+        io.completed = r
+        pthread_mutex_unlock(&io.lock)
+        c_write(io.done_fd, &one, 8)  # a full counter (EAGAIN) still wakes the worker
+
+
+def blk_uring_unavailable():
+    """Why io_uring cannot be used here (one line), or None if it can."""
+    cdef int err = 0
+    cdef vring_uring *ring
+    if not VRING_URING_BUILT:
+        return "vring's core was built without liburing"
+    ring = vring_uring_new(2, &err)
+    if ring == NULL:
+        return f"io_uring_setup failed: {strerror(err).decode()}"
+    vring_uring_free(ring)
+    return None
