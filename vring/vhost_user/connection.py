@@ -25,8 +25,7 @@ log = logging.getLogger("vring.vhost_user")
 
 # Requests that change nothing a worker uses: answered with the workers running.
 _WORKER_SAFE = frozenset({Request.GET_FEATURES, Request.GET_PROTOCOL_FEATURES, Request.GET_QUEUE_NUM,
-                          Request.GET_MAX_MEM_SLOTS, Request.GET_CONFIG, Request.SET_OWNER, Request.GET_STATUS,
-                          Request.GET_INFLIGHT_FD})
+                          Request.GET_MAX_MEM_SLOTS, Request.GET_CONFIG, Request.SET_OWNER, Request.GET_STATUS})
 
 
 class Connection:
