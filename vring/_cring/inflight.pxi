@@ -77,18 +77,20 @@ cdef inline void packed_rec_fetched(InflightRecord *r, uint32_t ndesc) noexcept 
     r.last_of[head] = last
     r.entry_of[r.copies[ndesc - 1].id] = head
     r.free_head = entry
+    r.held_slots += ndesc
     packed_rec_header(r).free_head = entry
     vring_order_record()
     packed_rec_header(r).old_free_head = entry
 
 
-cdef inline uint16_t packed_rec_used(InflightRecord *r, uint16_t buffer_id, uint16_t used_idx,
+cdef inline uint16_t packed_rec_used(InflightRecord *r, uint16_t buffer_id, uint32_t ndesc, uint16_t used_idx,
                                      uint8_t used_wrap) noexcept nogil:
-    """Before a used descriptor is published (each push a batch of one): the chain's entries back on the free
-    list, the record's used_idx and wrap counter moved to the slot after it. Returns the chain's head entry."""
+    """Before a used descriptor is published (each push a batch of one): the chain's ``ndesc`` entries back on the
+    free list, the record's used_idx and wrap counter moved to the slot after it. Returns the chain's head entry."""
     cdef uint16_t head = r.entry_of[buffer_id]
     cdef uint16_t last = r.last_of[head]
     cdef InflightPackedHeader *hdr = packed_rec_header(r)
+    r.held_slots -= ndesc
     packed_rec_entry(r, last).next = r.free_head
     r.links[last] = r.free_head
     r.free_head = head
@@ -181,6 +183,7 @@ cdef void rec_fill(InflightRecord *r, found, uint8_t *inflight, uint16_t *ndesc)
             r.kept[start].flags = flags
             start += 1
     r.kept_start[r.npending] = start
+    r.held_slots = sum(found.num.values())
 
 
 cdef object attach_record(DeviceQueue queue, region):
