@@ -58,18 +58,20 @@ cdef inline void packed_rec_fetched(InflightRecord *r, uint32_t ndesc) noexcept 
     holds them."""
     cdef uint16_t head = r.free_head, entry = head, last = head
     cdef InflightPackedEntry *h = packed_rec_entry(r, head)
-    cdef InflightPackedEntry *e
+    cdef uint64_t *copy
+    cdef uint64_t *e
     cdef uint32_t k
     h.counter = r.counter
     r.counter += 1
     vring_order_record()
     h.inflight = 1
     for k in range(ndesc):
-        e = packed_rec_entry(r, entry)
-        e.id = r.copies[k].id
-        e.flags = r.copies[k].flags
-        e.len = r.copies[k].len
-        e.addr = r.copies[k].addr
+        # A ring descriptor {addr; len, id, flags} to the entry's {id, flags, len; addr}: its second 64-bit word
+        # rotated by 32 bits, then its first.
+        copy = <uint64_t *>&r.copies[k]
+        e = <uint64_t *>&packed_rec_entry(r, entry).id
+        e[0] = (copy[1] >> 32) | (copy[1] << 32)
+        e[1] = copy[0]
         last = entry
         entry = r.links[entry]
     h.last = last

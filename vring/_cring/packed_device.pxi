@@ -89,10 +89,7 @@ cdef inline int packed_dev_walk(DevQueue *q, MemMap *m, const vring_packed_desc 
         if count and not packed_is_avail(flags, wrap):
             return -dev_fail(err, CHECK_CHAIN_FLAGS, head_pos, pos, False, flags, wrap)
         if copies != NULL:
-            copies[count].addr = addr
-            copies[count].len = length
-            copies[count].id = buffer_id
-            copies[count].flags = flags
+            memcpy(&copies[count], words, sizeof(vring_packed_desc))  # the descriptor as read, whole
         count += 1
         if flags & DESC_F_INDIRECT:
             r = dev_open_indirect(q, m, addr, length, flags, head_pos, pos, False, &table, err)
