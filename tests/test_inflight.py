@@ -508,3 +508,17 @@ def test_the_region_is_held_while_attached(twin):
         region.extend(b"x")  # the queue writes into it: it cannot move
     p.dev.detach_inflight()
     region.extend(b"x")
+
+
+def test_a_driver_reusing_slots_the_device_holds_breaks_the_packed_queue(twin):
+    """Slots in flight would outgrow the record's free list: the driver broke PACKED / The Virtqueue Descriptor
+    Table ("A driver MUST NOT change a descriptor unless it observes the VIRTQ_DESC_F_USED bit ...")."""
+    from vring.testing import packed_avail_flags
+
+    r = Rig(twin, packed=True, size=4)
+    r.add(2)  # two chains of two slots: the whole ring
+    r.dev.pop_many(2)
+    r.p.write_packed_desc(0, DATA, 16, 2, packed_avail_flags(False))  # slot 0 again, next lap, a fresh id
+    with pytest.raises(MalformedChain, match=r"slots-in-flight.*takes 1 slots but only 0 are not held"):
+        r.dev.pop()
+    assert r.dev.broken

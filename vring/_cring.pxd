@@ -124,7 +124,6 @@ ctypedef struct PackedDevRing:       # the device's packed ring
     uint32_t pushed                  # used slots written since the last notify_needed
     uint16_t *ndesc                  # ring slots each in-flight buffer took
     uint32_t peeked_ndesc            # ring slots of the chain the last peek found
-    uint32_t held_slots              # ring slots of the buffers the device holds (or will pop again)
 
 ctypedef struct InflightRecord:    # the device's side of an inflight record (inflight.pxi)
     unsigned char *region            # the record kept on every pop and push; NULL: none
@@ -135,6 +134,7 @@ ctypedef struct InflightRecord:    # the device's side of an inflight record (in
     uint16_t free_head               # packed: the free list (old_free_head too, between two operations)
     uint16_t *entry_of               # packed: buffer id -> its chain's head entry
     uint16_t *last_of                # packed: head entry -> its chain's last entry
+    uint32_t held_slots              # packed: entries (ring slots) of the chains in flight in the record
     vring_packed_desc *copies        # packed: the ring descriptors of the chain the last peek walked
     uint16_t *pending                # heads (buffer ids) the record said were in flight, in counter order
     uint32_t npending

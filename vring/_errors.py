@@ -156,8 +156,9 @@ CHAIN_REASONS = (
     # descriptor list longer than the Queue Size."
     "chain-too-long",
     # A chain that takes ring slots the device still holds (the slots of the buffers it holds and the new chain's
-    # add up to more than the ring): PACKED / The Virtqueue Descriptor Table, driver requirements: "A driver MUST NOT
-    # change a descriptor unless it observes the VIRTQ_DESC_F_USED bit in its flags being changed".
+    # add up to more than the ring), checked while the device keeps an inflight record (whose free list has one
+    # entry per slot): PACKED / The Virtqueue Descriptor Table, driver requirements: "A driver MUST NOT change a
+    # descriptor unless it observes the VIRTQ_DESC_F_USED bit in its flags being changed".
     "slots-in-flight",
 )
 

@@ -211,6 +211,7 @@ cdef class DeviceQueue:
         push. A fresh (zeroed) region is initialised at the queue's position: returns 0. Else the record a device
         left is checked (InflightError, the queue unchanged), repaired, and the queue resumes where it says: the
         chains it had in flight are popped again first, in the order they were first popped; returns their number.
+        A queue that holds chains refuses (ValueError): attach before popping.
         """
         dev_enter(&self.q)
         try:

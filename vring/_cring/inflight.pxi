@@ -58,18 +58,20 @@ cdef inline void packed_rec_fetched(InflightRecord *r, uint32_t ndesc) noexcept 
     holds them."""
     cdef uint16_t head = r.free_head, entry = head, last = head
     cdef InflightPackedEntry *h = packed_rec_entry(r, head)
-    cdef InflightPackedEntry *e
+    cdef uint64_t *copy
+    cdef uint64_t *e
     cdef uint32_t k
     h.counter = r.counter
     r.counter += 1
     vring_order_record()
     h.inflight = 1
     for k in range(ndesc):
-        e = packed_rec_entry(r, entry)
-        e.id = r.copies[k].id
-        e.flags = r.copies[k].flags
-        e.len = r.copies[k].len
-        e.addr = r.copies[k].addr
+        # A ring descriptor {addr; len, id, flags} to the entry's {id, flags, len; addr}: its second 64-bit word
+        # rotated by 32 bits, then its first.
+        copy = <uint64_t *>&r.copies[k]
+        e = <uint64_t *>&packed_rec_entry(r, entry).id
+        e[0] = (copy[1] >> 32) | (copy[1] << 32)
+        e[1] = copy[0]
         last = entry
         entry = r.links[entry]
     h.last = last
@@ -77,18 +79,20 @@ cdef inline void packed_rec_fetched(InflightRecord *r, uint32_t ndesc) noexcept 
     r.last_of[head] = last
     r.entry_of[r.copies[ndesc - 1].id] = head
     r.free_head = entry
+    r.held_slots += ndesc
     packed_rec_header(r).free_head = entry
     vring_order_record()
     packed_rec_header(r).old_free_head = entry
 
 
-cdef inline uint16_t packed_rec_used(InflightRecord *r, uint16_t buffer_id, uint16_t used_idx,
+cdef inline uint16_t packed_rec_used(InflightRecord *r, uint16_t buffer_id, uint32_t ndesc, uint16_t used_idx,
                                      uint8_t used_wrap) noexcept nogil:
-    """Before a used descriptor is published (each push a batch of one): the chain's entries back on the free
-    list, the record's used_idx and wrap counter moved to the slot after it. Returns the chain's head entry."""
+    """Before a used descriptor is published (each push a batch of one): the chain's ``ndesc`` entries back on the
+    free list, the record's used_idx and wrap counter moved to the slot after it. Returns the chain's head entry."""
     cdef uint16_t head = r.entry_of[buffer_id]
     cdef uint16_t last = r.last_of[head]
     cdef InflightPackedHeader *hdr = packed_rec_header(r)
+    r.held_slots -= ndesc
     packed_rec_entry(r, last).next = r.free_head
     r.links[last] = r.free_head
     r.free_head = head
@@ -181,6 +185,7 @@ cdef void rec_fill(InflightRecord *r, found, uint8_t *inflight, uint16_t *ndesc)
             r.kept[start].flags = flags
             start += 1
     r.kept_start[r.npending] = start
+    r.held_slots = sum(found.num.values())
 
 
 cdef object attach_record(DeviceQueue queue, region):

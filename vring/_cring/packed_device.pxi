@@ -12,7 +12,6 @@ cdef inline void packed_dev_reset(DevQueue *q) noexcept nogil:
     q.packed_ring.avail_wrap = 1
     q.packed_ring.used_wrap = 1
     q.packed_ring.pushed = 0
-    q.packed_ring.held_slots = 0
 
 
 cdef inline void packed_dev_check_invariants(DevQueue *q) noexcept nogil:
@@ -41,9 +40,10 @@ cdef inline int packed_dev_peek(DevQueue *q, MemMap *m, uint16_t *head_out, Chai
     elif not packed_is_avail(packed_flags(ring, pos), wrap):
         return 0
     r = packed_dev_walk(q, m, ring, pos, wrap, expected, copies, head_out, err)
-    if r == 1 and expected == HEAD_FREE and q.packed_ring.held_slots + q.packed_ring.peeked_ndesc > q.size:
+    # The record's free list has an entry per slot: a driver reusing slots the device holds would run past it.
+    if r == 1 and copies != NULL and q.rec.held_slots + q.packed_ring.peeked_ndesc > q.size:
         return -dev_fail(err, CHECK_SLOTS_IN_FLIGHT, pos, (pos + q.packed_ring.peeked_ndesc - 1) % q.size, False,
-                         q.packed_ring.peeked_ndesc, q.size - q.packed_ring.held_slots)
+                         q.packed_ring.peeked_ndesc, q.size - q.rec.held_slots)
     return r
 
 
@@ -89,10 +89,7 @@ cdef inline int packed_dev_walk(DevQueue *q, MemMap *m, const vring_packed_desc 
         if count and not packed_is_avail(flags, wrap):
             return -dev_fail(err, CHECK_CHAIN_FLAGS, head_pos, pos, False, flags, wrap)
         if copies != NULL:
-            copies[count].addr = addr
-            copies[count].len = length
-            copies[count].id = buffer_id
-            copies[count].flags = flags
+            memcpy(&copies[count], words, sizeof(vring_packed_desc))  # the descriptor as read, whole
         count += 1
         if flags & DESC_F_INDIRECT:
             r = dev_open_indirect(q, m, addr, length, flags, head_pos, pos, False, &table, err)
@@ -130,11 +127,10 @@ cdef inline void packed_dev_commit(DevQueue *q, uint16_t buffer_id) noexcept nog
     q.inflight[buffer_id] = HEAD_HELD
     q.inflight_wlen[buffer_id] = q.writable_len
     q.packed_ring.ndesc[buffer_id] = <uint16_t>q.packed_ring.peeked_ndesc
-    if q.rec.left:  # given back by the record: keeps its entries and counter; its slots are in held_slots already
+    if q.rec.left:  # given back by the record: keeps its entries and counter
         q.rec.pending_pos += 1
         q.rec.left -= 1
         return
-    q.packed_ring.held_slots += q.packed_ring.peeked_ndesc
     if q.rec.region != NULL:
         packed_rec_fetched(&q.rec, q.packed_ring.peeked_ndesc)
     packed_advance(&q.last_avail, &q.packed_ring.avail_wrap, q.packed_ring.peeked_ndesc, q.size)
@@ -155,13 +151,12 @@ cdef inline void packed_dev_put_used(DevQueue *q, uint16_t buffer_id, uint32_t w
     cdef uint32_t ndesc = q.packed_ring.ndesc[buffer_id]
     packed_advance(&q.used_idx, &q.packed_ring.used_wrap, ndesc, q.size)
     if q.rec.region != NULL:  # each push a batch of one for the record: the chain's entries back first
-        head = packed_rec_used(&q.rec, buffer_id, q.used_idx, q.packed_ring.used_wrap)
+        head = packed_rec_used(&q.rec, buffer_id, ndesc, q.used_idx, q.packed_ring.used_wrap)
     packed_publish_desc(&q.packed_ring.desc[slot], written, buffer_id, flags)
     q.inflight[buffer_id] = HEAD_FREE
     if q.rec.region != NULL:
         packed_rec_done(&q.rec, head, q.used_idx, q.packed_ring.used_wrap)
     q.packed_ring.pushed += ndesc
-    q.packed_ring.held_slots -= ndesc
 
 
 cdef inline bint packed_dev_notify_needed(DevQueue *q) noexcept nogil:

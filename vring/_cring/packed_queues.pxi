@@ -54,7 +54,6 @@ cdef class PackedDeviceQueue(DeviceQueue):
     cdef _resume(self, found):
         self.q.used_idx, self.q.packed_ring.used_wrap = found.used_idx, found.used_wrap
         self.q.last_avail, self.q.packed_ring.avail_wrap = found.last_avail_idx, found.avail_wrap
-        self.q.packed_ring.held_slots = sum(found.num.values())
 
     cdef object _checked_state(self, state):
         return state.checked_packed(self.q.size)

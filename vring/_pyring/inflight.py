@@ -83,6 +83,7 @@ class PackedRecord:
         self.counter = recovery.counter
         self.used_idx = recovery.used_idx
         self.used_wrap = recovery.used_wrap
+        self.held_slots = sum(recovery.num.values())  # entries (ring slots) of the chains in flight
 
     def _entry(self, index: int) -> int:
         return PACKED_ENTRIES + PACKED_ENTRY.size * index
@@ -107,14 +108,16 @@ class PackedRecord:
         self.last_of[head] = last
         self.entry_of[descs[-1][2]] = head
         self.free_head = entry
+        self.held_slots += len(descs)
         _U16.pack_into(region, PACKED_FREE_HEAD, entry)
         # release fence: the chain's entries are complete before old_free_head takes them off the free list
         _U16.pack_into(region, PACKED_OLD_FREE_HEAD, entry)
 
-    def used(self, buffer_id: int, used_idx: int, used_wrap: int) -> None:
-        """Before the used descriptor is published: give the chain's entries back to the free list and move the
-        record's used_idx and used_wrap_counter to ``used_idx`` / ``used_wrap`` (the slot after it)."""
+    def used(self, buffer_id: int, ndesc: int, used_idx: int, used_wrap: int) -> None:
+        """Before the used descriptor is published: give the chain's ``ndesc`` entries back to the free list and
+        move the record's used_idx and used_wrap_counter to ``used_idx`` / ``used_wrap`` (the slot after it)."""
         region = self.region
+        self.held_slots -= ndesc
         head = self.entry_of.pop(buffer_id)
         last = self.last_of.pop(head)
         _U16.pack_into(region, self._entry(last) + 2, self.free_head)  # desc[last].next

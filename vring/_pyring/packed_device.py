@@ -54,7 +54,6 @@ class PackedDeviceQueue(DeviceQueue):
         self.avail_wrap = 1
         self.used_wrap = 1
         self._pushed = 0  # used slots written since the last notify_needed
-        self._held_slots = 0  # ring slots of the buffers the device holds (or will pop again)
         self._peeked_ndesc = 0
         self._peeked_descs: list[tuple[int, int, int, int]] = []  # the peeked chain's ring descriptors, for the record
         self._resubmit_descs: dict[int, list[tuple[int, int, int, int]]] = {}  # pending buffer id -> its descriptors
@@ -88,7 +87,6 @@ class PackedDeviceQueue(DeviceQueue):
         self._start_record(PackedRecord(view, found), found.pending)
         for buffer_id in found.pending:
             self._ndesc[buffer_id] = found.num[buffer_id]
-        self._held_slots = sum(found.num.values())
         self._resubmit_descs = found.entries
         self.used_idx, self.used_wrap = found.used_idx, found.used_wrap
         self.last_avail_idx, self.avail_wrap = found.last_avail_idx, found.avail_wrap
@@ -169,8 +167,9 @@ class PackedDeviceQueue(DeviceQueue):
             raise chain_error("buffer-id-out-of-range", head_pos, pos, False, buffer_id, size)
         if self._inflight[buffer_id] != expected:
             raise chain_error("buffer-id-in-flight", head_pos, pos, False, buffer_id)
-        if not expected and self._held_slots + count > size:
-            raise chain_error("slots-in-flight", head_pos, pos, False, count, size - self._held_slots)
+        # The record's free list has an entry per slot: a driver reusing slots the device holds would run past it.
+        if copies is not None and self._record.held_slots + count > size:
+            raise chain_error("slots-in-flight", head_pos, pos, False, count, size - self._record.held_slots)
         self._peeked_ndesc = count
         if copies is not None:
             self._peeked_descs = copies
@@ -180,10 +179,9 @@ class PackedDeviceQueue(DeviceQueue):
         self._inflight[chain.head] = HELD
         self._inflight_wlen[chain.head] = chain.writable_len
         self._ndesc[chain.head] = self._peeked_ndesc
-        if self._resubmitting:  # its slots were counted in _held_slots when the record was attached
+        if self._resubmitting:  # given back by the record: keeps its entries and counter
             self._pending_pos += 1
             return
-        self._held_slots += self._peeked_ndesc
         if self._record is not None:
             self._record.fetched(self._peeked_descs)
         self.last_avail_idx, self.avail_wrap = advance(self.last_avail_idx, self.avail_wrap, self._peeked_ndesc,
@@ -203,14 +201,13 @@ class PackedDeviceQueue(DeviceQueue):
         after = advance(pos, self.used_wrap, self._ndesc[head], self.size)
         record = self._record
         if record is not None:  # each push is a batch of one for the record: its entries back first
-            record.used(head, *after)
+            record.used(head, self._ndesc[head], *after)
         rings.put_used(pos, head, written, flags)  # desc[used_idx]
         self._inflight[head] = 0
         if record is not None:
             record.done()
         self.used_idx, self.used_wrap = after
         self._pushed += self._ndesc[head]
-        self._held_slots -= self._ndesc[head]
 
     def _publish_used(self) -> None:
         pass  # every used descriptor's flags published it

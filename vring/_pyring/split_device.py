@@ -105,6 +105,7 @@ class DeviceQueue(Queue):
         push. A fresh (zeroed) region is initialised at the queue's position: returns 0. Else the record a device
         left is checked (InflightError, the queue unchanged), repaired, and the queue resumes where it says: the
         chains it had in flight are popped again first, in the order they were first popped; returns their number.
+        A queue that holds chains refuses (ValueError): attach before popping.
         """
         rings = self._check()
         view = region_view(region, self.size, self._kind == "packed")
@@ -128,8 +129,7 @@ class DeviceQueue(Queue):
         return len(found.pending)
 
     def _start_record(self, record: Any, pending: list[int]) -> None:
-        self._inflight[:] = bytes(self.size)
-        for head in pending:
+        for head in pending:  # every other head is free: attach_inflight refuses a queue holding chains
             self._inflight[head] = PENDING
         self._record = record
         self._pending = pending
