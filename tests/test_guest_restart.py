@@ -12,6 +12,7 @@ moments come from a seed the test prints (VRING_RESTART_SEED replays one).
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import random
 import re
@@ -21,29 +22,42 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterator, NamedTuple
 
 import pytest
 
 from support import guest
 from support.backends import PACKAGE_ROOT
+from vring import inflight_region_size
 from vring.vhost_user import Frontend, ProtocolFeature, Request
+from vring.vhost_user.inflight import recorded_in_flight
 from vring.vhost_user.protocol import U64
 
 IMAGE_SIZE = 16 << 20
 SECTOR = 512
-WORKERS = 4  # guest processes, each with one request in flight at a time (dd): more of them, a deeper queue
 PASSES = 4  # enough I/O (~3 s a pass here) to outlast the restarts, which take ~2 s each, with margin
+QUEUE_SIZE = 128  # QEMU's vhost-user-blk default, which the inflight buffer is made for
+KILL_WAIT = 3.0  # seconds a kill waits for a request in flight before it goes ahead anyway
 RESTARTS = 4  # per run: the issue asks for several kills while requests are in flight
 GUEST_TIMEOUT = 240  # seconds of QEMU under coreutils timeout; a run takes well under half of it
 WRITE_BLOCK = 4096  # bytes per write request the guest makes; its reads are READ_BLOCK
 READ_BLOCK = 65536
 DIGITS = b"0123456789"
 
-# The back-end's variants, each (extra `vring serve blk` arguments, whether restarting it needs the inflight
-# record). A back-end that completes requests out of order cannot be restarted without the record.
-SERVE_VARIANTS: dict[str, tuple[tuple[str, ...], bool]] = {
-    "sync": ((), False),
+# The back-end's variants: its extra `vring serve blk` arguments, whether restarting it needs the inflight record
+# (a back-end that completes requests out of order cannot be restarted without it), and how many guest processes
+# keep a request in flight each (the queue depth the guest reaches).
+class Variant(NamedTuple):
+    serve_args: tuple[str, ...]
+    needs_inflight: bool
+    workers: int
+
+
+SERVE_VARIANTS: dict[str, Variant] = {
+    "sync": Variant(("--aio", "sync"), False, 4),
+    # io_uring with O_DIRECT on the host: up to 32 requests in flight, each taking the host disk's time, completed
+    # out of order.
+    "io_uring-depth32": Variant(("--aio", "io_uring", "--cache", "none"), True, 32),
 }
 RINGS = {"split": "", "packed": ",packed=on"}
 STALL_TIMEOUT = 60  # seconds without a console line: the guest's I/O hangs (a worker's pass takes a few seconds)
@@ -72,12 +86,12 @@ def pass_pattern(base: bytes, p: int) -> bytes:
     return base.translate(bytes.maketrans(DIGITS, rotation(p)))
 
 
-def workload_script() -> str:
+def workload_script(workers: int) -> str:
     """The guest's /script: check O_DIRECT and the disk size, make every pass's pattern (so that the passes'
     I/O follows without a pause), then per pass: 4 workers, each its quarter of the disk, write it with O_DIRECT
     and read it back with O_DIRECT, compared with what was written; last, the kernel's I/O errors;
     ``RESULT=PASS`` only if nothing failed."""
-    blocks = IMAGE_SIZE // WORKERS // WRITE_BLOCK  # write blocks per worker
+    blocks = IMAGE_SIZE // workers // WRITE_BLOCK  # write blocks per worker
     per_read = READ_BLOCK // WRITE_BLOCK
     passes = " ".join(str(p) for p in range(1, PASSES + 1))
     rotations = "\n".join(f"  {p}) to={rotation(p).decode()} ;;" for p in range(1, PASSES + 1))
@@ -118,7 +132,7 @@ failed=0
 for p in {passes}; do
   echo "IO-START pass $p"
   pids=""
-  for w in $(seq 0 {WORKERS - 1}); do work $w $p & pids="$pids $!"; done
+  for w in $(seq 0 {workers - 1}); do work $w $p & pids="$pids $!"; done
   for pid in $pids; do wait $pid || failed=1; done
 done
 if dmesg | grep -iE "error|timed out|abort" >/tmp/kernel-errors; then
@@ -289,20 +303,24 @@ def wait_for_exit(console: Console, qemu: subprocess.Popen) -> None:
     check(guest.EXIT_MARKER in console.text, f"QEMU exited with {qemu.returncode} before the guest finished")
 
 
-def cases(modes: tuple[str, ...] = ("server", "client"), queue_counts: tuple[int, ...] = (1, 2)) -> Iterator:
-    """(ring, queues, serve arguments, needs the inflight record, client mode) of every variant; client mode (QEMU
-    listens, the back-end connects) with one queue only, to keep the run short."""
-    for variant, (extra, needs_inflight) in SERVE_VARIANTS.items():
-        for mode in modes:
+def cases(kills: bool) -> Iterator:
+    """(ring, queues, variant, client mode) of each run. The asynchronous back-end (the default's I/O, many in
+    flight) runs split and packed rings, 1 and 2 queues, and client mode (QEMU listens, the back-end connects) with
+    one queue; the synchronous one split and packed with one queue; the clean upgrade the asynchronous one, one
+    queue, server mode: enough to cover each, short enough for CI."""
+    for name, variant in SERVE_VARIANTS.items():
+        full = kills and variant.needs_inflight
+        for mode in ("server", "client") if full else ("server",):
             for ring in RINGS:
-                for queues in queue_counts if mode == "server" else (1,):
-                    name = f"{ring}-{queues}q-{variant}" + ("-client" if mode == "client" else "")
-                    yield pytest.param(ring, queues, extra, needs_inflight or ring == "packed", mode == "client",
-                                       id=name)
+                for queues in (1, 2) if full and mode == "server" else (1,):
+                    if not kills and not variant.needs_inflight:
+                        continue
+                    yield pytest.param(ring, queues, variant, mode == "client",
+                                       id=f"{ring}-{queues}q-{name}" + ("-client" if mode == "client" else ""))
 
 
-def run_restarts(kernel: Path, tmp_path: Path, ring: str, queues: int, extra: tuple[str, ...],
-                 needs_inflight: bool, client: bool, signum: int) -> None:
+def run_restarts(kernel: Path, tmp_path: Path, ring: str, queues: int, variant: Variant, client: bool,
+                 signum: int) -> None:
     """Boot the guest on a vring disk, stop the back-end with ``signum`` RESTARTS times while the guest's I/O
     runs, each time starting a new one on the socket; then check the guest's verdict and the image."""
     seed = int(os.environ.get("VRING_RESTART_SEED", random.randrange(1 << 32)))
@@ -311,11 +329,14 @@ def run_restarts(kernel: Path, tmp_path: Path, ring: str, queues: int, extra: tu
     image = tmp_path / "disk.img"
     image.write_bytes(os.urandom(IMAGE_SIZE))
     sock = tmp_path / "blk.sock"
-    initrd = guest.build_initramfs(tmp_path / "initrd.gz", workload_script(), files={"base": base})
+    extra = variant.serve_args
+    needs_inflight = variant.needs_inflight or ring == "packed"
+    initrd = guest.build_initramfs(tmp_path / "initrd.gz", workload_script(variant.workers), files={"base": base})
     backend = Backend(image, sock, queues, extra, client)
     qemu_stderr = tmp_path / "qemu.stderr"
     qemu: subprocess.Popen | None = None
     console: Console | None = None
+    watch: RecordWatch | None = None
     stops: list[dict] = []
     try:
         if needs_inflight and not offers_inflight(extra, tmp_path):
@@ -341,7 +362,13 @@ def run_restarts(kernel: Path, tmp_path: Path, ring: str, queues: int, extra: tu
             if client:
                 wait_for_socket(sock, qemu)
                 backend.start()
-            stop_and_restart(backend, console, qemu, rng, signum, stops)
+            # A SIGKILL of the asynchronous back-end waits for requests in flight: each then tests a recovery.
+            if signum == signal.SIGKILL and variant.needs_inflight:
+                watch = RecordWatch(qemu, queues, ring == "packed")
+            stop_and_restart(backend, console, qemu, rng, signum, stops, watch)
+            if watch is not None:
+                check(any(stop["resubmitted"] for stop in stops),
+                      "no restart resubmitted a request: no kill caught one in flight, the run tested no recovery")
             check_outcome(backend, console, qemu, image, pass_pattern(base, PASSES), queues)
         except RestartFailure as exc:
             failure = str(exc)
@@ -350,23 +377,88 @@ def run_restarts(kernel: Path, tmp_path: Path, ring: str, queues: int, extra: tu
                         f"--- QEMU stderr ---\n{qemu_stderr.read_text()[-2000:]}\n--- back-end ---\n"
                         f"{backend.tail()}", pytrace=False)
         mode = "client mode" if client else "server mode"
-        print(f"\n{ring} ring, {queues} queue(s), {extra or 'sync'}, {mode}: {len(stops)} stops by "
+        print(f"\n{ring} ring, {queues} queue(s), {' '.join(extra)}, {mode}: {len(stops)} stops by "
               f"{signal.Signals(signum).name}, seed {seed}: {json.dumps(stops)}")
     finally:
+        if watch is not None:
+            watch.close()
         backend.close()
         if qemu is not None and qemu.poll() is None:
             os.killpg(qemu.pid, signal.SIGKILL)
             qemu.wait()
 
 
+class RecordWatch:
+    """The inflight record as QEMU holds it (its fd of the back-end's memfd, opened through /proc): how many
+    requests the back-end has popped and not completed right now, summed over the queues. The test kills the
+    back-end at a moment this is above 0, so that every kill of an asynchronous back-end tests a recovery."""
+
+    def __init__(self, qemu: subprocess.Popen, queues: int, packed: bool) -> None:
+        self.qemu_pid = qemu_process(qemu.pid)
+        self.queues = queues
+        self.packed = packed
+        self.map: mmap.mmap | None = None
+
+    def count(self) -> int:
+        if self.map is None:
+            self.map = self._open()
+            if self.map is None:
+                return 0
+        size = inflight_region_size(QUEUE_SIZE, self.packed)
+        view = memoryview(self.map)
+        try:
+            return sum(recorded_in_flight(view[q * size:(q + 1) * size], QUEUE_SIZE, self.packed)
+                       for q in range(self.queues))
+        finally:
+            view.release()
+
+    def _open(self) -> mmap.mmap | None:
+        fds = Path(f"/proc/{self.qemu_pid}/fd")
+        for fd in fds.iterdir():
+            try:
+                if "memfd:vring-inflight" in os.readlink(fd):
+                    with open(fd, "rb") as file:
+                        return mmap.mmap(file.fileno(), 0, mmap.MAP_SHARED, mmap.PROT_READ)
+            except OSError:
+                continue  # an fd QEMU closed meanwhile
+        return None
+
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
+
+
+def qemu_process(timeout_pid: int) -> int:
+    """QEMU's pid: the child of the coreutils ``timeout`` it runs under."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{timeout_pid}/task/{timeout_pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+        time.sleep(0.05)
+    raise RestartFailure("QEMU did not start under timeout")
+
+
+def wait_for_in_flight(watch: RecordWatch, timeout: float = KILL_WAIT) -> int:
+    """Poll the record until it shows a request in flight (or ``timeout`` passes); the count last seen."""
+    deadline = time.monotonic() + timeout
+    seen = watch.count()
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.0005)
+        seen = watch.count()
+    return seen
+
+
 def stop_and_restart(backend: Backend, console: Console, qemu: subprocess.Popen, rng: random.Random, signum: int,
-                     stops: list[dict]) -> None:
-    """RESTARTS times, at a random moment of the guest's I/O: stop the back-end, start a new one, wait until
-    QEMU has reconnected and started its queues. ``stops`` gets what each restart found."""
+                     stops: list[dict], watch: RecordWatch | None) -> None:
+    """RESTARTS times, at a random moment of the guest's I/O (with ``watch``: the first moment after it that the
+    record shows requests in flight): stop the back-end, start a new one, wait until QEMU has reconnected and
+    started its queues. ``stops`` gets what each restart found."""
     check(wait_for_console(console, qemu, "IO-START pass 1", 90), "the guest's I/O did not start")
     for n in range(RESTARTS):
         time.sleep(rng.uniform(0.1, 0.8))  # the guest's requests are in flight at any moment of its passes
         check("RESULT=" not in console.text, f"the guest finished before stop {n + 1}: give it more passes")
+        seen = wait_for_in_flight(watch) if watch is not None else None
         at = time.monotonic()
         code = backend.stop(signum)
         if signum == signal.SIGKILL:
@@ -376,7 +468,8 @@ def stop_and_restart(backend: Backend, console: Console, qemu: subprocess.Popen,
         backend.start()
         backend.wait_serving()
         stops.append({"stop": n + 1, "back_after_s": round(time.monotonic() - at, 2),
-                      "vring_base": backend.vring_bases(), "resubmitted": backend.resubmitted(-1)})
+                      "vring_base": backend.vring_bases(), "in_flight_seen": seen,
+                      "resubmitted": backend.resubmitted(-1)})
 
 
 def check_outcome(backend: Backend, console: Console, qemu: subprocess.Popen, image: Path, expected: bytes,
@@ -397,16 +490,14 @@ def check_outcome(backend: Backend, console: Console, qemu: subprocess.Popen, im
         check("Traceback" not in text and "protocol error" not in text, f"back-end run {n} broke")
 
 
-@pytest.mark.parametrize("ring,queues,extra,needs_inflight,client", list(cases()))
+@pytest.mark.parametrize("ring,queues,variant,client", list(cases(kills=True)))
 def test_guest_io_survives_sigkill_of_the_back_end(kernel: Path, tmp_path: Path, ring: str, queues: int,
-                                                   extra: tuple[str, ...], needs_inflight: bool,
-                                                   client: bool) -> None:
-    run_restarts(kernel, tmp_path, ring, queues, extra, needs_inflight, client, signal.SIGKILL)
+                                                   variant: Variant, client: bool) -> None:
+    run_restarts(kernel, tmp_path, ring, queues, variant, client, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("ring,queues,extra,needs_inflight,client", list(cases(("server",), (1,))))
+@pytest.mark.parametrize("ring,queues,variant,client", list(cases(kills=False)))
 def test_guest_io_survives_a_clean_upgrade_of_the_back_end(kernel: Path, tmp_path: Path, ring: str, queues: int,
-                                                           extra: tuple[str, ...], needs_inflight: bool,
-                                                           client: bool) -> None:
+                                                           variant: Variant, client: bool) -> None:
     """SIGTERM: the old back-end finishes what it has in flight (or records it) and exits 0; the new one goes on."""
-    run_restarts(kernel, tmp_path, ring, queues, extra, needs_inflight, client, signal.SIGTERM)
+    run_restarts(kernel, tmp_path, ring, queues, variant, client, signal.SIGTERM)
