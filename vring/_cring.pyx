@@ -9,7 +9,7 @@ or a region's size, and shared memory is read through ``barrier.h``. Errors are 
 This module only gathers the parts, one concern per file under ``_cring/``, in the order they build on each other:
 constants, guest memory, chains and batches, the ring layouts' fields, what both layouts share, the C functions of
 each side and layout, the dispatch between layouts, the debug checks on entry and exit, the queue classes, the
-C floor.
+C floor, the virtio-blk client's request loop.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
@@ -56,3 +56,4 @@ include "_cring/device.pxi"
 include "_cring/driver.pxi"
 include "_cring/packed_queues.pxi"
 include "_cring/floor.pxi"
+include "_cring/blk_client.pxi"
