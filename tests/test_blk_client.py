@@ -21,9 +21,16 @@ from vring.vhost_user.frontend import Frontend
 
 from support.backends import BACKENDS, vring_blk
 from support.cli_run import assert_one_line, vring_cli
+from support.source import source_file
 
 SECTORS = 8192  # a 4 MiB image
 SEED = 7
+C_SOURCE = "bench/c/vhost_user_blk_client.c"
+
+
+@pytest.fixture(scope="module")
+def c_floor(tmp_path_factory) -> Path:
+    return blk_cfloor.build(source_file(C_SOURCE), tmp_path_factory.mktemp("c-floor"))
 
 
 @pytest.fixture
@@ -154,8 +161,8 @@ def test_qemu_storage_daemon_reads_verify_too(image, tmp_path):
 
 # -- the C floor client ----------------------------------------------------------------------------------------
 def test_the_c_floor_client_builds_and_reports_verified_iops(image, tmp_path):
-    binary = blk_cfloor.build(build_dir=tmp_path / "build")
-    assert blk_cfloor.build(build_dir=tmp_path / "build") == binary  # built once
+    binary = blk_cfloor.build(source_file(C_SOURCE), tmp_path / "build")
+    assert blk_cfloor.build(source_file(C_SOURCE), tmp_path / "build") == binary  # built once
     sock = tmp_path / "c.sock"
     with vring_blk(image, sock, queues=2):
         figures = blk_cfloor.run(str(sock), "randread", queues=2, depth=32, seconds=1, seed=SEED, binary=binary)
@@ -167,14 +174,14 @@ def test_the_c_floor_client_builds_and_reports_verified_iops(image, tmp_path):
     assert image.read_bytes()[64 * SECTOR:128 * SECTOR] == pattern(SEED + 1, 64, 64)
 
 
-def test_the_c_floor_client_fails_on_a_corrupted_sector_and_a_failed_request(image, tmp_path):
+def test_the_c_floor_client_fails_on_a_corrupted_sector_and_a_failed_request(image, tmp_path, c_floor):
     corrupt(image, 77, 5)
     sock = tmp_path / "c.sock"
     with vring_blk(image, sock):
         with pytest.raises(blk_cfloor.CFloorError, match="sector 77: word 0 reads"):
-            blk_cfloor.run(str(sock), "seqread", depth=8, requests=SECTORS // 8, seed=SEED)
+            blk_cfloor.run(str(sock), "seqread", depth=8, requests=SECTORS // 8, seed=SEED, binary=c_floor)
         with pytest.raises(blk_cfloor.CFloorError, match="no whole block in the range"):
-            blk_cfloor.run(str(sock), "randread", depth=8, requests=8, first=SECTORS - 4, count=4)
+            blk_cfloor.run(str(sock), "randread", depth=8, requests=8, first=SECTORS - 4, count=4, binary=c_floor)
 
 
 # -- vring blk bench ------------------------------------------------------------------------------------------
@@ -183,7 +190,8 @@ def test_bench_checks_the_pattern_and_compares_with_the_c_floor(image, tmp_path)
     out = tmp_path / "bench.json"
     with vring_blk(image, sock, queues=2):
         done = vring_cli("blk", "--socket", str(sock), "--queues", "2", "bench", "--seconds", "0.3", "--pattern",
-                         str(SEED), "--scratch", "1024:256", "--compare-c-floor", "--json", str(out))
+                         str(SEED), "--scratch", "1024:256", "--compare-c-floor", "--c-floor-source",
+                         str(source_file(C_SOURCE)), "--json", str(out))
     assert done.returncode == 0, done.stderr
     text = done.stdout.decode()
     assert f"every read checked against the pattern of seed {SEED}" in text
@@ -194,6 +202,12 @@ def test_bench_checks_the_pattern_and_compares_with_the_c_floor(image, tmp_path)
     assert all(r["requests"] > 0 and r["queues"] == 2 for r in report["results"])
     assert set(report["vring_vs_c_floor"]) == {"randread", "seqread", "randwrite"}
     assert first_difference(image.read_bytes(), SEED, 0) is None  # randwrite wrote the pattern it found
+
+
+def test_compare_c_floor_without_its_source_is_one_line(tmp_path):
+    done = vring_cli("blk", "--socket", str(tmp_path / "none"), "bench", "--compare-c-floor", "--c-floor-source",
+                     str(tmp_path / "missing.c"))
+    assert_one_line(done, 1, f"no C floor client source at {tmp_path / 'missing.c'}")
 
 
 def test_bench_fails_on_a_corrupted_sector(image, tmp_path):

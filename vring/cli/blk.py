@@ -11,6 +11,7 @@ import argparse
 import json
 import random
 import sys
+from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from vring._features import Feature
@@ -112,6 +113,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench.add_argument("--compare-c-floor", action="store_true",
                        help="run each workload with the C floor client (bench/c, built with cc) on the same "
                             "back-end too, and report vring's client against it")
+    bench.add_argument("--c-floor-source", metavar="PATH",
+                       help="the C floor client's source (default: bench/c/ of the checkout VRING_SOURCE_DIR "
+                            "names, else of the one vring is imported from)")
 
 
 def _client(args: argparse.Namespace) -> BlkClient:
@@ -146,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> Any:
-    """What a command needs before it connects: the data to write, a checked output path, the workloads."""
+    """What a command needs before it connects: the data to write, a checked output path, the workloads and the
+    C floor client's binary."""
     if args.action == "write":
         try:
             data = sys.stdin.buffer.read() if args.input == "-" else _read_file(args.input)
@@ -172,12 +177,13 @@ def _prepare(args: argparse.Namespace) -> Any:
         if args.scratch and args.scratch[1] < block:
             raise CommandError(f"--scratch needs at least {block} sectors (one {args.block_size}-byte block)",
                                code=2)
-        if args.compare_c_floor:
+        c_floor = None
+        if args.compare_c_floor:  # built before connecting: a missing compiler or source is said at once
             try:
-                blk_cfloor.build()  # before connecting: a missing compiler or source is said at once
+                c_floor = blk_cfloor.build(Path(args.c_floor_source) if args.c_floor_source else None)
             except blk_cfloor.CFloorError as exc:
                 raise CommandError(str(exc)) from None
-        return workloads
+        return workloads, c_floor
     return None
 
 
@@ -288,7 +294,8 @@ def _verify_scratch(client: BlkClient, start: int, count: int) -> int:
     return 0
 
 
-def _bench(client: BlkClient, args: argparse.Namespace, workloads: list[str]) -> int:
+def _bench(client: BlkClient, args: argparse.Namespace, prepared: tuple[list[str], Path | None]) -> int:
+    workloads, c_floor = prepared
     if client.capacity < args.block_size // SECTOR:
         raise CommandError(f"the disk is smaller than {args.block_size} bytes")
     if args.scratch and any(w in WRITE_WORKLOADS for w in workloads) and client.read_only:
@@ -297,9 +304,9 @@ def _bench(client: BlkClient, args: argparse.Namespace, workloads: list[str]) ->
     try:
         for workload in workloads:
             results.append(_workload(client, args, workload))
-        if args.compare_c_floor:
+        if c_floor is not None:
             client.frontend.close()  # one front-end at a time: many back-ends serve a single connection
-            results += [_c_floor(client, args, workload) for workload in workloads]
+            results += [_c_floor(client, args, workload, c_floor) for workload in workloads]
     except KeyboardInterrupt:
         if sys.stderr.isatty():
             print("\r\033[K", end="", file=sys.stderr)
@@ -340,13 +347,13 @@ def _workload(client: BlkClient, args: argparse.Namespace, workload: str) -> dic
     return {"client": "vring", **result.as_dict()}
 
 
-def _c_floor(client: BlkClient, args: argparse.Namespace, workload: str) -> dict[str, Any]:
+def _c_floor(client: BlkClient, args: argparse.Namespace, workload: str, binary: Path) -> dict[str, Any]:
     """The same workload with the C floor client, on the same back-end."""
     first, count = _region(client, args, workload)
     return blk_cfloor.run(args.socket, workload, queues=len(client.queues), depth=args.depth,
                           block=args.block_size, seconds=args.seconds, seed=args.pattern or 0,
                           verify=args.pattern is not None, first=first, count=count,
-                          event_idx=not args.no_event_idx, timeout=args.timeout)
+                          event_idx=not args.no_event_idx, timeout=args.timeout, binary=binary)
 
 
 def _ratios(results: list[dict[str, Any]]) -> dict[str, float]:

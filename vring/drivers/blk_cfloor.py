@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-SOURCE = Path(__file__).resolve().parent.parent.parent / "bench" / "c" / "vhost_user_blk_client.c"
+RELATIVE_SOURCE = Path("bench") / "c" / "vhost_user_blk_client.c"
 CFLAGS = ("-O2", "-Wall", "-pthread")
 
 
@@ -22,12 +22,21 @@ class CFloorError(Exception):
     """The C floor client could not be built, or its run failed (its first error is in the message)."""
 
 
-def build(source: Path = SOURCE, build_dir: Path | None = None) -> Path:
-    """The client's binary, compiled from ``source`` into ``build_dir`` (default: a directory under the temporary
-    directory named by the source's hash, so that an edit rebuilds it and an unchanged source does not)."""
+def default_source() -> Path:
+    """The client's source in vring's source tree: the one VRING_SOURCE_DIR names, else the checkout this package
+    is imported from (an installed package has no bench/)."""
+    tree = os.environ.get("VRING_SOURCE_DIR") or Path(__file__).resolve().parent.parent.parent
+    return Path(tree) / RELATIVE_SOURCE
+
+
+def build(source: Path | None = None, build_dir: Path | None = None) -> Path:
+    """The client's binary, compiled from ``source`` (default: ``default_source()``) into ``build_dir`` (default:
+    a directory under the temporary directory named by the source's hash, so that an edit rebuilds it and an
+    unchanged source does not)."""
+    source = source or default_source()
     if not source.is_file():
-        raise CFloorError(f"the C floor client's source {source.name} is not here: it lives in vring's source "
-                          "tree (bench/c/), not in an installed package")
+        raise CFloorError(f"no C floor client source at {source}: it is in vring's source tree ({RELATIVE_SOURCE}), "
+                          "not in an installed package; name a checkout with VRING_SOURCE_DIR")
     text = source.read_bytes()
     digest = hashlib.sha256(text + " ".join(CFLAGS).encode()).hexdigest()[:16]
     directory = build_dir or Path(tempfile.gettempdir()) / f"vring-c-floor-{os.getuid()}-{digest}"
