@@ -239,3 +239,58 @@ def test_latencies_are_per_request(image, tmp_path):
     assert result.latencies_ns.dtype == np.int64 and len(result.latencies_ns) == 50
     # depth 1: the requests ran one after another, so their latencies add up to at most the run's length
     assert result.latencies_ns.sum() <= result.seconds * 1e9
+
+
+# -- a device that breaks the rules or never answers: straight on the loop, over an in-process ring -------------
+@pytest.fixture(params=["c", "python"])
+def twin_loop(request):
+    """(engine twin, the loop to drive): the C core's blk_stream, or the reference loop on the pure-Python twin."""
+    if request.param == "c":
+        return vring._cring, vring._cring.blk_stream
+    return vring._pyring, blk_stream._python_stream
+
+
+def bare_ring(twin):
+    """A driver queue of 16 entries, its guest memory and a slot area for 4 requests; nobody serves it."""
+    import os
+
+    mem = twin.GuestMemory()
+    mem.add_region(0x10000, bytearray(1 << 20))
+    features = vring.Feature.VERSION_1 | vring.Feature.EVENT_IDX
+    layout = vring.contiguous_layout(features, 16, 0x10000)
+    driver = vring.create_driver_queue(mem, layout, features, twin=twin)
+    kick, call = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+    return mem, layout, driver, kick, call, 0x80000
+
+
+def test_a_device_that_never_answers_times_out(twin_loop):
+    twin, loop = twin_loop
+    _mem, _layout, driver, kick, call, area = bare_ring(twin)
+    latencies = np.zeros(8, np.int64)
+    result = loop(driver, area, kick, call, np.arange(8, dtype=np.uint64) * 8, latencies, False, 0, 4096, 4, True,
+                  0.2)
+    assert result[:3] == (blk_stream.TIMEOUT, 0, 4)  # timed out, nothing done, four in flight
+
+
+def test_a_used_id_out_of_range_breaks_the_queue(twin_loop):
+    import struct
+    import threading
+
+    twin, loop = twin_loop
+    mem, layout, driver, kick, call, area = bare_ring(twin)
+
+    def hostile() -> None:  # on the first kick: a used element naming descriptor 99 of a 16-entry ring
+        import select
+        import os
+
+        select.select([kick], [], [], 5)
+        mem.write(layout.device_area + 4, struct.pack("<II", 99, 1))
+        mem.write(layout.device_area + 2, struct.pack("<H", 1))
+        os.eventfd_write(call, 1)
+
+    thread = threading.Thread(target=hostile)
+    thread.start()
+    with pytest.raises(vring.MalformedUsed, match="99"):
+        loop(driver, area, kick, call, np.zeros(4, np.uint64), np.zeros(4, np.int64), False, 0, 4096, 2, True, 5.0)
+    thread.join()
+    assert driver.broken

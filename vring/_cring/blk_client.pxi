@@ -49,7 +49,8 @@ ctypedef struct BlkStream:
     long long n
     long long *lat_ns                # per request: submit to reap
     long long stop_ns                # no request is added after this (monotonic), 0: none
-    long long timeout_ns
+    long long timeout_ns             # STREAM_TIMEOUT once nothing completes for this long
+    long long last_progress          # when something last completed (or the loop started)
     uint64_t area_gpa                # slot k: data at area + block*k, header at area + block*depth + 32*k
     unsigned char *area
     uint32_t *slot_of_head           # per head of the ring
@@ -198,7 +199,7 @@ cdef inline int stream_wait(BlkStream *s) noexcept nogil:
     """Sleep on the call eventfd until the device may have returned something: 0, or -1 (``s.failure`` set)."""
     cdef pollfd pfd
     cdef uint64_t count = 0
-    cdef long long left, deadline = now_ns() + s.timeout_ns
+    cdef long long left, deadline = s.last_progress + s.timeout_ns  # a device that only signals is no progress
     cdef int r
     # Re-arm interrupts and look again before sleeping, or a completion between the two would be missed.
     s.q.interrupts_enabled = True
@@ -228,6 +229,7 @@ cdef int stream_loop(BlkStream *s) noexcept nogil:
     cdef uint64_t one = 1
     cdef long long in_flight
     cdef int added, reaped
+    s.last_progress = now_ns()
     while True:
         added = 0
         while (s.failure == STREAM_DONE and s.added < s.n and s.nfree
@@ -244,6 +246,8 @@ cdef int stream_loop(BlkStream *s) noexcept nogil:
         reaped = stream_reap(s)
         if reaped < 0:
             return s.failure
+        if reaped:
+            s.last_progress = now_ns()
         if reaped or added:
             continue
         if s.added == s.done:

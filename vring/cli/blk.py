@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from vring._errors import VringError
 from vring._features import Feature
 from vring.devices.blk import FEATURE_NAMES, SECTOR
 from vring.drivers import blk_cfloor
@@ -143,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     try:
         return action(client, args, prepared)
-    except (BlkError, StreamError, blk_cfloor.CFloorError, BackendError, TimeoutError, ValueError) as exc:
+    except (BlkError, StreamError, blk_cfloor.CFloorError, BackendError, TimeoutError, ValueError,
+            VringError) as exc:  # VringError: the back-end broke the ring
         raise CommandError(str(exc)) from None
     finally:
         client.frontend.close()

@@ -74,8 +74,9 @@ class _Pending:
 
 
 class BlkClient:
-    """virtio-blk requests through any vhost-user-blk back-end: synchronous calls, and ``run`` for batches that
-    keep up to ``depth`` requests in flight on every queue."""
+    """virtio-blk requests through any vhost-user-blk back-end: synchronous calls, ``run`` for batches of any
+    requests that keep up to ``depth`` in flight on every queue, and ``stream`` for fio-like workloads that run in
+    the C core (``blk_stream``)."""
 
     FEATURES = (F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_TOPOLOGY | F_CONFIG_WCE | F_MQ | F_DISCARD
                 | F_WRITE_ZEROES | F_RO)

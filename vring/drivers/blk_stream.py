@@ -208,6 +208,7 @@ def _python_stream(driver: Any, area: int, kick: int, call: int, sectors: np.nda
     started: dict[int, tuple[int, int, int]] = {}  # slot -> (request, sector, start ns)
     added = done = peak = 0
     failure: tuple[int, int, int, int, int, int] | None = None  # code, request, sector, detail, got, want
+    deadline = time.monotonic() + timeout  # moved on by every completion
     while True:
         while (failure is None and added < len(sectors) and free and driver.num_free >= 3
                and not (stop_at and time.monotonic() >= stop_at)):
@@ -242,12 +243,13 @@ def _python_stream(driver: Any, area: int, kick: int, call: int, sectors: np.nda
             free.append(slot)
             done += 1
         if reaped:
+            deadline = time.monotonic() + timeout
             continue
         if added == done:
             code, req, sector, detail, got, want = failure or (DONE, 0, 0, 0, 0, 0)
             return code, done, peak, req, sector, detail, got, want
         try:
-            wait_for_used([driver], [call], time.monotonic() + timeout)
+            wait_for_used([driver], [call], deadline)
         except RingError:
             return TIMEOUT, done, peak, 0, 0, 0, 0, 0
         except OSError as exc:
