@@ -90,6 +90,17 @@ def test_reads_are_verified_and_timed(image, tmp_path, loop, workload):
         assert client.read(16, 1) == pattern(SEED, 16, 1)  # the per-request API still works afterwards
 
 
+@pytest.mark.parametrize("options", [{"packed": True}, {"event_idx": False}, {"indirect": False}],
+                         ids=["packed", "no-event-idx", "no-indirect"])
+def test_every_ring_kind(image, tmp_path, loop, options):
+    with client_of(image, tmp_path, queues=2, **options) as client:
+        assert bool(client.features & vring.Feature.RING_PACKED) == bool(options.get("packed"))
+        result = client.stream("randread", depth=16, requests=300, seed=SEED)
+        assert result.requests == 600 and result.peak_in_flight == [16, 16]
+        client.stream("randwrite", depth=16, requests=100, first=0, count=512, seed=SEED)
+        assert client.read(0, 512) == pattern(SEED, 0, 512)
+
+
 @pytest.mark.parametrize("depth", [1, 5, 32])
 def test_depth_is_honoured(image, tmp_path, depth):
     with client_of(image, tmp_path) as client:
