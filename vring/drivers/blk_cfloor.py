@@ -41,16 +41,19 @@ def build(source: Path | None = None, build_dir: Path | None = None) -> Path:
     digest = hashlib.sha256(text + " ".join(CFLAGS).encode()).hexdigest()[:16]
     directory = build_dir or Path(tempfile.gettempdir()) / f"vring-c-floor-{os.getuid()}-{digest}"
     binary = directory / "vhost_user_blk_client"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if directory.stat().st_uid != os.getuid():  # a shared temporary directory: run only a binary we built
+        raise CFloorError(f"{directory} belongs to another user: not running what is in it")
     if binary.is_file():
         return binary
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise CFloorError("no C compiler (cc) to build the C floor client")
-    directory.mkdir(parents=True, exist_ok=True)
     partial = directory / f".{binary.name}.{os.getpid()}"
     done = subprocess.run([cc, *CFLAGS, "-o", str(partial), str(source)], capture_output=True, text=True)
     if done.returncode:
-        raise CFloorError(f"building the C floor client failed: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or [f"{cc} exited with {done.returncode}"])[-1]
+        raise CFloorError(f"building the C floor client failed: {last}")
     partial.replace(binary)  # atomic: a concurrent build never runs a half-written binary
     return binary
 

@@ -96,7 +96,7 @@ def stream(client: "BlkClient", workload: str, *, depth: int = 32, block: int = 
                          f"{client.capacity}-sector disk")
     per_request = 1 if client.features & Feature.INDIRECT_DESC else 3  # descriptors: indirect, or direct chains
     size = client.queues[0].driver.size
-    if not 1 <= depth or depth * per_request > size:
+    if depth < 1 or depth * per_request > size:
         raise ValueError(f"depth {depth} does not fit a queue of {size} descriptors ({per_request} per request)")
     writing = workload == "randwrite"
     if writing and client.read_only:
@@ -123,7 +123,7 @@ def stream(client: "BlkClient", workload: str, *, depth: int = 32, block: int = 
     for r in runners:
         if r.error is not None:
             raise r.error
-    latencies = np.concatenate([lat for r in runners for lat in r.latencies]) if runners else np.empty(0, np.int64)
+    latencies = np.concatenate([np.empty(0, np.int64)] + [lat for r in runners for lat in r.latencies])
     return StreamResult(workload, len(runners), depth, block, sum(r.done for r in runners), elapsed,
                         verify and not writing, latencies, [r.peak for r in runners])
 
