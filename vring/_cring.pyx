@@ -9,7 +9,8 @@ or a region's size, and shared memory is read through ``barrier.h``. Errors are 
 This module only gathers the parts, one concern per file under ``_cring/``, in the order they build on each other:
 constants, guest memory, chains and batches, the ring layouts' fields, what both layouts share, the inflight record,
 the C functions of each side and layout, the dispatch between layouts, the debug checks on entry and exit, the queue
-classes, the C floor, and the virtio-blk worker loop that serves queues with io_uring.
+classes, the C floor, the virtio-blk worker loop that serves queues with io_uring, and the virtio-blk client's
+request loop.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
@@ -62,3 +63,4 @@ include "_cring/floor.pxi"
 include "_cring/blk_io.pxi"
 include "_cring/blk_request.pxi"
 include "_cring/blk_worker.pxi"
+include "_cring/blk_client.pxi"

@@ -1,27 +1,30 @@
 """`vring blk`: a virtio-blk client for any vhost-user-blk back-end (info, read, write, verify, bench).
 
 Only ``write`` writes by default. ``verify`` and ``bench`` read; they write only inside a range of sectors the user
-names with ``--scratch START:COUNT``, whose contents they destroy.
+names with ``--scratch START:COUNT``, whose contents they destroy. ``bench`` runs its requests in the C core
+(``vring.drivers.blk_stream``) and, with ``--compare-c-floor``, the C floor client on the same back-end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
-import time
+from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from vring._errors import VringError
 from vring._features import Feature
 from vring.devices.blk import FEATURE_NAMES, SECTOR
+from vring.drivers import blk_cfloor
 from vring.drivers.blk import BlkClient, BlkError
+from vring.drivers.blk_stream import StreamError
 from vring.vhost_user.frontend import BackendError, Frontend
 
 from ._args import CommandError, check_output_path, int_range, positive_float
 
-BLOCK = 8  # sectors of one verify or bench request: 4 KiB
+BLOCK = 8  # sectors of one verify request, and of a bench request by default: 4 KiB
 READ_WORKLOADS = ("randread", "seqread")
 WRITE_WORKLOADS = ("randwrite",)
 
@@ -33,6 +36,7 @@ EXAMPLES = """examples:
   vring blk --socket /tmp/blk.sock verify                           # reads only
   vring blk --socket /tmp/blk.sock verify --scratch 1048576:2048    # writes sectors 1048576-1050623
   vring blk --socket /tmp/blk.sock --queues 4 bench --json figures.json
+  vring blk --socket /tmp/blk.sock bench --pattern 7 --compare-c-floor   # disk filled with blk_pattern's seed 7
 
 Commands that write: `write`, and `verify` / `bench` given --scratch (they overwrite that range)."""
 
@@ -53,6 +57,14 @@ def queue_size(text: str) -> int:
     value = int_range(2, 32768)(text)
     if value & (value - 1):
         raise argparse.ArgumentTypeError(f"{value} is not a power of two")
+    return value
+
+
+def block_size(text: str) -> int:
+    """An argparse type: bytes per bench request, a multiple of 512 up to 1 MiB."""
+    value = int_range(SECTOR, 1 << 20)(text)
+    if value % SECTOR:
+        raise argparse.ArgumentTypeError(f"{value} is not a multiple of {SECTOR}")
     return value
 
 
@@ -94,6 +106,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench.add_argument("--scratch", type=scratch_range, metavar="START:COUNT",
                        help="WRITES: sectors randwrite may overwrite (at least 8)")
     bench.add_argument("--json", metavar="PATH", help="write the figures as JSON ('-' for stdout)")
+    bench.add_argument("--block-size", type=block_size, default=BLOCK * SECTOR,
+                       help="bytes per request, a multiple of 512 (default 4096)")
+    bench.add_argument("--pattern", type=int_range(0, 2**64 - 1), metavar="SEED",
+                       help="the disk holds vring.drivers.blk_pattern's pattern of SEED: every read is checked "
+                            "against it (and randwrite writes it); without it only status bytes are checked")
+    bench.add_argument("--compare-c-floor", action="store_true",
+                       help="run each workload with the C floor client (bench/c, built with cc) on the same "
+                            "back-end too, and report vring's client against it")
+    bench.add_argument("--c-floor-source", metavar="PATH",
+                       help="the C floor client's source (default: bench/c/ of the checkout VRING_SOURCE_DIR "
+                            "names, else of the one vring is imported from)")
 
 
 def _client(args: argparse.Namespace) -> BlkClient:
@@ -121,14 +144,16 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     try:
         return action(client, args, prepared)
-    except (BlkError, BackendError, TimeoutError, ValueError) as exc:
+    except (BlkError, StreamError, blk_cfloor.CFloorError, BackendError, TimeoutError, ValueError,
+            VringError) as exc:  # VringError: the back-end broke the ring
         raise CommandError(str(exc)) from None
     finally:
         client.frontend.close()
 
 
 def _prepare(args: argparse.Namespace) -> Any:
-    """What a command needs before it connects: the data to write, a checked output path, the workloads."""
+    """What a command needs before it connects: the data to write, a checked output path, the workloads and the
+    C floor client's binary."""
     if args.action == "write":
         try:
             data = sys.stdin.buffer.read() if args.input == "-" else _read_file(args.input)
@@ -150,9 +175,17 @@ def _prepare(args: argparse.Namespace) -> Any:
             if workload in WRITE_WORKLOADS and not args.scratch:
                 raise CommandError(f"{workload} writes: name the sectors it may overwrite with --scratch "
                                    "START:COUNT", code=2)
-        if args.scratch and args.scratch[1] < BLOCK:
-            raise CommandError(f"--scratch needs at least {BLOCK} sectors (one 4 KiB block)", code=2)
-        return workloads
+        block = args.block_size // SECTOR
+        if args.scratch and args.scratch[1] < block:
+            raise CommandError(f"--scratch needs at least {block} sectors (one {args.block_size}-byte block)",
+                               code=2)
+        c_floor = None
+        if args.compare_c_floor:  # built before connecting: a missing compiler or source is said at once
+            try:
+                c_floor = blk_cfloor.build(Path(args.c_floor_source) if args.c_floor_source else None)
+            except blk_cfloor.CFloorError as exc:
+                raise CommandError(str(exc)) from None
+        return workloads, c_floor
     return None
 
 
@@ -263,25 +296,32 @@ def _verify_scratch(client: BlkClient, start: int, count: int) -> int:
     return 0
 
 
-def _bench(client: BlkClient, args: argparse.Namespace, workloads: list[str]) -> int:
-    disk_blocks = client.capacity // BLOCK
-    if disk_blocks < 1:
-        raise CommandError("the disk is smaller than 4 KiB")
+def _bench(client: BlkClient, args: argparse.Namespace, prepared: tuple[list[str], Path | None]) -> int:
+    workloads, c_floor = prepared
+    if client.capacity < args.block_size // SECTOR:
+        raise CommandError(f"the disk is smaller than {args.block_size} bytes")
     if args.scratch and any(w in WRITE_WORKLOADS for w in workloads) and client.read_only:
         raise CommandError("the disk is read-only: --scratch cannot write it")
     results: list[dict[str, Any]] = []
     try:
         for workload in workloads:
-            results.append(_workload(client, args, workload, disk_blocks))
+            results.append(_workload(client, args, workload))
+        if c_floor is not None:
+            client.frontend.close()  # one front-end at a time: many back-ends serve a single connection
+            results += [_c_floor(client, args, workload, c_floor) for workload in workloads]
     except KeyboardInterrupt:
         if sys.stderr.isatty():
             print("\r\033[K", end="", file=sys.stderr)
         _print_results(results)
-        print(f"vring blk bench: interrupted after {len(results)} of {len(workloads)} workloads", file=sys.stderr)
+        ours = sum(r["client"] == "vring" for r in results)
+        print(f"vring blk bench: interrupted after {ours} of {len(workloads)} workloads", file=sys.stderr)
         return 130
     _print_results(results)
+    print("data: " + (f"every read checked against the pattern of seed {args.pattern}" if args.pattern is not None
+                      else "status bytes checked; reads not checked (no --pattern)"))
     if args.json:
-        text = json.dumps({"socket": args.socket, "results": results}, indent=2)
+        text = json.dumps({"socket": args.socket, "results": results, "vring_vs_c_floor": _ratios(results)},
+                          indent=2)
         if args.json == "-":
             print(text)
         else:
@@ -290,54 +330,46 @@ def _bench(client: BlkClient, args: argparse.Namespace, workloads: list[str]) ->
     return 0
 
 
-def _workload(client: BlkClient, args: argparse.Namespace, workload: str, disk_blocks: int) -> dict[str, Any]:
-    """One workload for ``args.seconds``: reads anywhere on the disk, writes only in the scratch range."""
+def _region(client: BlkClient, args: argparse.Namespace, workload: str) -> tuple[int, int]:
+    """(first sector, sectors) a workload may use: reads anywhere on the disk, writes only in the scratch range."""
     if workload in WRITE_WORKLOADS:
-        origin, blocks = args.scratch[0], args.scratch[1] // BLOCK
-    else:
-        origin, blocks = 0, disk_blocks
-    payload = os.urandom(BLOCK * SECTOR)
-    progress = sys.stderr.isatty() and not args.quiet  # a count rewritten in place: for a terminal only
-    rng = random.Random(1)
-    latencies: list[float] = []
-    done = 0
-    position = 0
-    start = time.perf_counter()
-    end = start + args.seconds
-    while time.perf_counter() < end:
-        chunk = 512
-        if workload == "seqread":
-            blocks_now = [(position + k) % blocks for k in range(chunk)]
-            position += chunk
-        else:
-            blocks_now = [rng.randrange(blocks) for _ in range(chunk)]
-        ops: list[tuple[str, int, Any]] = (
-            [("write", origin + BLOCK * b, payload) for b in blocks_now] if workload in WRITE_WORKLOADS
-            else [("read", origin + BLOCK * b, BLOCK) for b in blocks_now])
-        failed = [r for r in client.run(ops, depth=args.depth, latencies=latencies, keep_data=False)
-                  if isinstance(r, BlkError)]
-        if failed:
-            raise CommandError(f"{workload}: {len(failed)} of {len(ops)} requests failed ({failed[0]})")
-        done += len(ops)
-        if progress:
-            print(f"\r{workload}: {done} requests", end="", file=sys.stderr, flush=True)
-    elapsed = time.perf_counter() - start
-    if progress:
+        return args.scratch[0], args.scratch[1]
+    return 0, client.capacity
+
+
+def _workload(client: BlkClient, args: argparse.Namespace, workload: str) -> dict[str, Any]:
+    """One workload for ``args.seconds`` with vring's client, in the C core."""
+    if sys.stderr.isatty() and not args.quiet:  # rewritten in place: for a terminal only
+        print(f"\r{workload}: {args.seconds:g} s ...", end="", file=sys.stderr, flush=True)
+    first, count = _region(client, args, workload)
+    result = client.stream(workload, depth=args.depth, block=args.block_size, seconds=args.seconds, first=first,
+                           count=count, seed=args.pattern or 0, verify=args.pattern is not None)
+    if sys.stderr.isatty() and not args.quiet:
         print("\r\033[K", end="", file=sys.stderr)
-    latencies.sort()
+    return {"client": "vring", **result.as_dict()}
 
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))] * 1e6
 
-    return {"workload": workload, "queues": len(client.queues), "depth": args.depth, "requests": done,
-            "seconds": elapsed, "iops": done / elapsed, "mib_s": done * BLOCK * SECTOR / elapsed / 2**20,
-            "lat_us_p50": pct(50), "lat_us_p99": pct(99), "lat_us_p999": pct(99.9),
-            "lat_us_max": latencies[-1] * 1e6}
+def _c_floor(client: BlkClient, args: argparse.Namespace, workload: str, binary: Path) -> dict[str, Any]:
+    """The same workload with the C floor client, on the same back-end."""
+    first, count = _region(client, args, workload)
+    return blk_cfloor.run(args.socket, workload, queues=len(client.queues), depth=args.depth,
+                          block=args.block_size, seconds=args.seconds, seed=args.pattern or 0,
+                          verify=args.pattern is not None, first=first, count=count,
+                          event_idx=not args.no_event_idx, timeout=args.timeout, binary=binary)
+
+
+def _ratios(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Per workload: vring's client's IOPS over the C floor client's, where both ran."""
+    ours = {r["workload"]: r["iops"] for r in results if r["client"] == "vring"}
+    return {r["workload"]: ours[r["workload"]] / r["iops"] for r in results
+            if r["client"] == "c-floor" and r["workload"] in ours and r["iops"]}
 
 
 def _print_results(results: list[dict[str, Any]]) -> None:
-    print(f"{'workload':<10} {'queues':>6} {'depth':>5} {'IOPS':>10} {'MiB/s':>8} {'p50 us':>8} {'p99 us':>8} "
-          f"{'p99.9 us':>9} {'max us':>8}")
+    print(f"{'workload':<10} {'client':<8} {'queues':>6} {'depth':>5} {'IOPS':>10} {'MiB/s':>8} {'p50 us':>8} "
+          f"{'p99 us':>8} {'max us':>8}")
     for r in results:
-        print(f"{r['workload']:<10} {r['queues']:>6} {r['depth']:>5} {r['iops']:>10,.0f} {r['mib_s']:>8.1f} "
-              f"{r['lat_us_p50']:>8.0f} {r['lat_us_p99']:>8.0f} {r['lat_us_p999']:>9.0f} {r['lat_us_max']:>8.0f}")
+        print(f"{r['workload']:<10} {r['client']:<8} {r['queues']:>6} {r['depth']:>5} {r['iops']:>10,.0f} "
+              f"{r['mib_s']:>8.1f} {r['lat_us_p50']:>8.0f} {r['lat_us_p99']:>8.0f} {r['lat_us_max']:>8.0f}")
+    for workload, ratio in _ratios(results).items():
+        print(f"{workload}: vring's client does {ratio:.2f}x the C floor client's IOPS")

@@ -17,7 +17,8 @@ from ..devices.blk import (
     T_WRITE_ZEROES, WZ_UNMAP,
 )
 from ..notify import RingError, wait_for_used
-from ..vhost_user.frontend import Frontend, FrontQueue
+from ..vhost_user.frontend import PAGE, Frontend, FrontQueue
+from .blk_stream import StreamResult, stream
 
 OP_NAMES = {T_IN: "read", T_OUT: "write", T_FLUSH: "flush", T_GET_ID: "get_id", T_DISCARD: "discard",
             T_WRITE_ZEROES: "write_zeroes"}
@@ -73,8 +74,9 @@ class _Pending:
 
 
 class BlkClient:
-    """virtio-blk requests through any vhost-user-blk back-end: synchronous calls, and ``run`` for batches that
-    keep up to ``depth`` requests in flight on every queue."""
+    """virtio-blk requests through any vhost-user-blk back-end: synchronous calls, ``run`` for batches of any
+    requests that keep up to ``depth`` in flight on every queue, and ``stream`` for fio-like workloads that run in
+    the C core (``blk_stream``)."""
 
     FEATURES = (F_SIZE_MAX | F_SEG_MAX | F_BLK_SIZE | F_FLUSH | F_TOPOLOGY | F_CONFIG_WCE | F_MQ | F_DISCARD
                 | F_WRITE_ZEROES | F_RO)
@@ -97,6 +99,23 @@ class BlkClient:
         self.read_only = bool(self.features & F_RO)
         self.queues = frontend.setup_queues(queues, queue_size)
         self.mem = frontend.mem
+        self._stream_areas: dict[int, tuple[int, int]] = {}  # queue index -> (address, bytes) of its slots
+
+    def stream_area(self, queue: int, size: int) -> int:
+        """Guest memory for the request slots of ``stream`` on ``queue``: kept for the next stream, grown when a
+        larger one is needed."""
+        addr, have = self._stream_areas.get(queue, (0, 0))
+        if have < size:
+            if have:
+                self.frontend.allocator.release(addr)
+            addr = self.frontend.allocator.alloc(size, PAGE)
+            self._stream_areas[queue] = (addr, size)
+        return addr
+
+    def stream(self, workload: str, **options: Any) -> StreamResult:
+        """A fio-like stream of requests at depth on every queue, in C with the Cython core: see
+        ``blk_stream.stream`` for the options. Raises StreamError on the first failed request."""
+        return stream(self, workload, **options)
 
     @property
     def capacity(self) -> int:
