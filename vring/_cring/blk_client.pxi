@@ -3,25 +3,9 @@
 # the data's per-sector pattern, record the latency. One call runs one queue; it releases the GIL throughout, so
 # two queues on two threads use two cores.
 
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-    enum: POLLIN
-
-cdef extern from "<unistd.h>" nogil:
-    ssize_t fd_read "read"(int fd, void *buf, size_t count)
-    ssize_t fd_write "write"(int fd, const void *buf, size_t count)
-
 from libc.errno cimport errno, EINTR, EAGAIN
 
 cdef enum:
-    BLK_SECTOR = 512
-    BLK_T_IN = 0                     # struct virtio_blk_req type: read
-    BLK_T_OUT = 1                    # write
-    BLK_HEADER = 16                  # struct virtio_blk_outhdr: le32 type, le32 ioprio, le64 sector
     BLK_SLOT_META = 32               # per slot: the header, then the status byte at +16
     BLK_UNWRITTEN = 0xff             # the status we prime: the device must overwrite it
 
@@ -127,17 +111,17 @@ cdef inline int stream_add(BlkStream *s) noexcept nogil:
     header[0] = BLK_T_OUT if s.writing else BLK_T_IN
     header[1] = 0
     memcpy(&header[2], &sector, 8)
-    memcpy(meta, header, BLK_HEADER)
-    meta[BLK_HEADER] = BLK_UNWRITTEN
+    memcpy(meta, header, BLK_HEADER_BYTES)
+    meta[BLK_HEADER_BYTES] = BLK_UNWRITTEN
     if s.writing:
         pattern_fill(s.area + <uint64_t>s.block * slot, s.seed, sector, s.block // BLK_SECTOR)
     addrs[0] = meta_gpa
-    lens[0] = BLK_HEADER
+    lens[0] = BLK_HEADER_BYTES
     wr[0] = 0
     addrs[1] = s.area_gpa + <uint64_t>s.block * slot
     lens[1] = s.block
     wr[1] = 0 if s.writing else 1
-    addrs[2] = meta_gpa + BLK_HEADER
+    addrs[2] = meta_gpa + BLK_HEADER_BYTES
     lens[2] = 1
     wr[2] = 1
     code = drv_add(s.q, s.m, addrs, lens, wr, 3, &head, &bad)
@@ -177,7 +161,7 @@ cdef inline int stream_reap(BlkStream *s) noexcept nogil:
         slot = s.slot_of_head[head]
         req = s.req_of_slot[slot]
         s.lat_ns[req] = now_ns() - s.start_of_slot[slot]
-        status = s.area[<uint64_t>s.block * s.depth + BLK_SLOT_META * slot + BLK_HEADER]
+        status = s.area[<uint64_t>s.block * s.depth + BLK_SLOT_META * slot + BLK_HEADER_BYTES]
         if s.failure == STREAM_DONE:
             if status != 0:
                 s.failure = STREAM_STATUS
@@ -215,7 +199,7 @@ cdef inline int stream_wait(BlkStream *s) noexcept nogil:
         pfd.revents = 0
         r = poll(&pfd, 1, <int>((left + 999999) // 1000000))
         if r > 0:
-            fd_read(s.call_fd, &count, 8)  # drain it (non-blocking: a racing reader leaves EAGAIN, harmless)
+            c_read(s.call_fd, &count, 8)  # drain it (non-blocking: a racing reader leaves EAGAIN, harmless)
             return 0
         if r < 0 and errno != EINTR:
             s.failure = STREAM_FD
@@ -238,7 +222,7 @@ cdef int stream_loop(BlkStream *s) noexcept nogil:
         in_flight = s.added - s.done
         if in_flight > s.peak:
             s.peak = <uint32_t>in_flight
-        if drv_kick_needed(s.q) and fd_write(s.kick_fd, &one, 8) != 8 and errno != EAGAIN:
+        if drv_kick_needed(s.q) and c_write(s.kick_fd, &one, 8) != 8 and errno != EAGAIN:
             if s.failure == STREAM_DONE:
                 s.failure = STREAM_FD
                 s.detail = <uint64_t>errno

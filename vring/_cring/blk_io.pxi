@@ -1,35 +1,9 @@
-# The virtio-blk worker's I/O (blk_worker.pxi has its loop): the C declarations it needs, virtio-blk's wire
-# values, a request and how it is executed synchronously, the thread pool's threads, and whether io_uring works.
+# The virtio-blk worker's I/O (blk_worker.pxi has its loop): a request and how it is executed synchronously, the
+# thread pool's threads, and whether io_uring works. The POSIX declarations are in posix.pxi, the wire values in
+# blk_wire.pxi.
 
 from libc.stdint cimport uintptr_t
 from libc.stdlib cimport calloc
-
-cdef extern from "<sys/uio.h>" nogil:
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-    ssize_t preadv(int fd, const iovec *iov, int n, long offset)
-    ssize_t pwritev2(int fd, const iovec *iov, int n, long offset, int flags)
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long n, int timeout)
-    enum: POLLIN
-
-cdef extern from "<sys/eventfd.h>" nogil:
-    int eventfd(unsigned int initval, int flags)
-    enum: EFD_NONBLOCK
-    enum: EFD_CLOEXEC
-
-cdef extern from "<unistd.h>" nogil:
-    ssize_t c_read "read"(int fd, void *buf, size_t n)
-    ssize_t c_write "write"(int fd, const void *buf, size_t n)
-    ssize_t pwrite(int fd, const void *buf, size_t n, long offset)
-    int fdatasync(int fd)
-    int c_close "close"(int fd)
 
 cdef extern from "<fcntl.h>" nogil:
     int fallocate(int fd, int mode, long offset, long length)
@@ -79,31 +53,6 @@ cdef extern from "_cring/uring.h" nogil:
     int vring_uring_fdatasync(vring_uring *ring, int fd, uint64_t data)
     int vring_uring_submit(vring_uring *ring)
     int vring_uring_reap(vring_uring *ring, uint64_t *data, int *res)
-
-# virtio-blk's wire values (spec 5.2.6), the same as vring.devices.blk's (tests/test_blk_worker.py compares them).
-cdef enum:
-    BLK_T_IN = 0
-    BLK_T_OUT = 1
-    BLK_T_FLUSH = 4
-    BLK_T_GET_ID = 8
-    BLK_T_DISCARD = 11
-    BLK_T_WRITE_ZEROES = 13
-    BLK_S_OK = 0
-    BLK_S_IOERR = 1
-    BLK_S_UNSUPP = 2
-    BLK_HEADER_BYTES = 16
-    BLK_ID_BYTES = 20
-    BLK_SECTOR = 512
-    BLK_DISCARD_SEG_BYTES = 16
-    BLK_MAX_DISCARD_SEG = 32
-    BLK_MAX_DISCARD_SECTORS = 1 << 22
-    BLK_WZ_UNMAP = 1
-    BLK_IOV_MAX = 1024               # what preadv / io_uring take at most in one call
-BLK_WIRE = {"T_IN": BLK_T_IN, "T_OUT": BLK_T_OUT, "T_FLUSH": BLK_T_FLUSH, "T_GET_ID": BLK_T_GET_ID,
-            "T_DISCARD": BLK_T_DISCARD, "T_WRITE_ZEROES": BLK_T_WRITE_ZEROES, "S_OK": BLK_S_OK,
-            "S_IOERR": BLK_S_IOERR, "S_UNSUPP": BLK_S_UNSUPP, "ID_BYTES": BLK_ID_BYTES, "SECTOR": BLK_SECTOR,
-            "MAX_DISCARD_SEG": BLK_MAX_DISCARD_SEG, "MAX_DISCARD_SECTORS": BLK_MAX_DISCARD_SECTORS,
-            "WZ_UNMAP": BLK_WZ_UNMAP}
 
 cdef enum:
     AIO_SYNC = 0                     # preadv / pwritev in the worker's own loop
