@@ -80,7 +80,7 @@ def format_table(results: Sequence[Result], extra: Sequence[tuple[str, float]]) 
     if extra:
         lines.append("")
         for name, value in extra:
-            lines.append(f"{name}: {value:.1f}x")
+            lines.append(f"{name}: {value:.2f}x")
     return "\n".join(lines)
 
 
