@@ -33,7 +33,8 @@ NOGIL_FUNCTIONS = {
     "dev_fail", "dev_add_seg", "dev_translate", "dev_piece", "dev_fail_piece", "dev_open_indirect",
     # inflight.pxi
     "split_rec_header", "split_rec_entry", "packed_rec_header", "packed_rec_entry", "split_rec_fetched",
-    "split_rec_used", "split_rec_published", "packed_rec_fetched", "packed_rec_used", "packed_rec_done",
+    "split_rec_used", "split_rec_published", "packed_rec_copy", "packed_rec_fetched", "packed_rec_used",
+    "packed_rec_done",
     # driver_checks.pxi
     "drv_indirect_for", "drv_needed", "drv_reserve", "drv_check_buffer", "drv_check_free_list",
     # split_device.pxi

@@ -133,7 +133,7 @@ ctypedef struct InflightRecord:    # the device's side of an inflight record (in
     uint32_t batch                   # split: used elements written since the last publication
     uint16_t free_head               # packed: the free list (old_free_head too, between two operations)
     uint16_t *entry_of               # packed: buffer id -> its chain's head entry
-    uint16_t *last_of                # packed: head entry -> its chain's last entry
+    uint16_t *last_of                # packed: buffer id -> its chain's last entry
     uint32_t held_slots              # packed: entries (ring slots) of the chains in flight in the record
     vring_packed_desc *copies        # packed: the ring descriptors of the chain the last peek walked
     uint16_t *pending                # heads (buffer ids) the record said were in flight, in counter order

@@ -23,79 +23,94 @@ cdef inline InflightPackedEntry *packed_rec_entry(InflightRecord *r, uint32_t i)
 cdef inline void split_rec_fetched(InflightRecord *r, uint16_t head) noexcept nogil:
     """A chain popped: its fetch order, then (in that order) its entry counts as in flight."""
     cdef InflightSplitEntry *e = split_rec_entry(r, head)
-    e.counter = r.counter
-    r.counter += 1
+    cdef uint64_t counter = r.counter
+    r.counter = counter + 1
+    e.counter = counter
     vring_order_record()
     e.inflight = 1
 
 
 cdef inline void split_rec_used(InflightRecord *r, uint16_t head) noexcept nogil:
     """A used element written: its head joins the list of the last batch (before used->idx is published)."""
-    split_rec_entry(r, head).next = r.last_batch_head
-    r.links[head] = r.last_batch_head
+    cdef uint16_t previous = r.last_batch_head
+    r.links[head] = previous
     r.last_batch_head = head
-    split_rec_header(r).last_batch_head = head
     r.batch += 1
+    split_rec_entry(r, head).next = previous
+    split_rec_header(r).last_batch_head = head
 
 
 cdef inline void split_rec_published(InflightRecord *r, uint16_t used_idx) noexcept nogil:
     """used->idx published: the batch's entries are done, then the record's used_idx says so."""
+    # Locals: the fences and the stores to the shared region would otherwise make the compiler reload r's fields.
+    cdef InflightSplitEntry *entries = split_rec_entry(r, 0)
+    cdef const uint16_t *links = r.links
     cdef uint16_t head = r.last_batch_head
-    cdef uint32_t i
+    cdef uint32_t i, batch = r.batch
+    r.batch = 0
     vring_order_record()
-    for i in range(r.batch):
-        split_rec_entry(r, head).inflight = 0
-        head = r.links[head]
+    for i in range(batch):
+        entries[head].inflight = 0
+        head = links[head]
     vring_order_record()
     split_rec_header(r).used_idx = used_idx
-    r.batch = 0
 
 
-cdef inline void packed_rec_fetched(InflightRecord *r, uint32_t ndesc) noexcept nogil:
+cdef inline void packed_rec_copy(InflightPackedEntry *e, const vring_packed_desc *desc) noexcept nogil:
+    """A ring descriptor {addr; len, id, flags} into the entry's {id, flags, len; addr}: its second 64-bit word
+    rotated by 32 bits, then its first."""
+    cdef const uint64_t *words = <const uint64_t *>desc
+    cdef uint64_t *copy = <uint64_t *>&e.id
+    copy[0] = (words[1] >> 32) | (words[1] << 32)
+    copy[1] = words[0]
+
+
+cdef inline void packed_rec_fetched(InflightRecord *r, uint16_t buffer_id, uint32_t ndesc) noexcept nogil:
     """A chain popped: its ``ndesc`` ring descriptors (r.copies) into entries taken from the free list's head,
     which old_free_head moves past once the chain is whole (the commit point: until then the reconnect procedure
     puts the entries back on the free list, whatever else was written). The caller checked that the free list
     holds them."""
-    cdef uint16_t head = r.free_head, entry = head, last = head
-    cdef InflightPackedEntry *h = packed_rec_entry(r, head)
-    cdef uint64_t *copy
-    cdef uint64_t *e
+    # Locals: the fences and the stores to the shared region would otherwise make the compiler reload r's fields.
+    cdef InflightPackedEntry *entries = packed_rec_entry(r, 0)
+    cdef const vring_packed_desc *copies = r.copies
+    cdef const uint16_t *links = r.links
+    cdef uint16_t head = r.free_head, entry, last = head
+    cdef InflightPackedEntry *h = &entries[head]
+    cdef InflightPackedHeader *hdr = packed_rec_header(r)
+    cdef uint64_t counter = r.counter
     cdef uint32_t k
-    h.counter = r.counter
-    r.counter += 1
+    h.counter = counter
     vring_order_record()
     h.inflight = 1
-    for k in range(ndesc):
-        # A ring descriptor {addr; len, id, flags} to the entry's {id, flags, len; addr}: its second 64-bit word
-        # rotated by 32 bits, then its first.
-        copy = <uint64_t *>&r.copies[k]
-        e = <uint64_t *>&packed_rec_entry(r, entry).id
-        e[0] = (copy[1] >> 32) | (copy[1] << 32)
-        e[1] = copy[0]
+    packed_rec_copy(h, &copies[0])
+    entry = links[head]
+    for k in range(1, ndesc):  # the chain's other descriptors, along the free list
+        packed_rec_copy(&entries[entry], &copies[k])
         last = entry
-        entry = r.links[entry]
+        entry = links[entry]
     h.last = last
     h.num = <uint16_t>ndesc
-    r.last_of[head] = last
-    r.entry_of[r.copies[ndesc - 1].id] = head
+    hdr.free_head = entry
+    vring_order_record()
+    hdr.old_free_head = entry
+    r.counter = counter + 1
+    r.last_of[buffer_id] = last
+    r.entry_of[buffer_id] = head
     r.free_head = entry
     r.held_slots += ndesc
-    packed_rec_header(r).free_head = entry
-    vring_order_record()
-    packed_rec_header(r).old_free_head = entry
 
 
 cdef inline uint16_t packed_rec_used(InflightRecord *r, uint16_t buffer_id, uint32_t ndesc, uint16_t used_idx,
                                      uint8_t used_wrap) noexcept nogil:
     """Before a used descriptor is published (each push a batch of one): the chain's ``ndesc`` entries back on the
-    free list, the record's used_idx and wrap counter moved to the slot after it. Returns the chain's head entry."""
-    cdef uint16_t head = r.entry_of[buffer_id]
-    cdef uint16_t last = r.last_of[head]
+    free list, the record's used_idx and wrap counter moved to the slot after it. Returns the chain's head entry,
+    now the free list's head."""
+    cdef uint16_t head = r.entry_of[buffer_id], last = r.last_of[buffer_id], free_head = r.free_head
     cdef InflightPackedHeader *hdr = packed_rec_header(r)
     r.held_slots -= ndesc
-    packed_rec_entry(r, last).next = r.free_head
-    r.links[last] = r.free_head
+    r.links[last] = free_head
     r.free_head = head
+    packed_rec_entry(r, last).next = free_head
     hdr.free_head = head
     hdr.used_idx = used_idx
     hdr.used_wrap_counter = used_wrap
@@ -104,12 +119,13 @@ cdef inline uint16_t packed_rec_used(InflightRecord *r, uint16_t buffer_id, uint
 
 cdef inline void packed_rec_done(InflightRecord *r, uint16_t head, uint16_t used_idx,
                                  uint8_t used_wrap) noexcept nogil:
-    """After the used descriptor is published: the chain is no longer in flight, then the push is complete."""
+    """After the used descriptor is published: the chain (``head``, the free list's head) is no longer in flight,
+    then the push is complete."""
     cdef InflightPackedHeader *hdr = packed_rec_header(r)
     vring_order_record()
     packed_rec_entry(r, head).inflight = 0
     vring_order_record()
-    hdr.old_free_head = r.free_head
+    hdr.old_free_head = head
     hdr.old_used_idx = used_idx
     hdr.old_used_wrap_counter = used_wrap
 
@@ -173,8 +189,7 @@ cdef void rec_fill(InflightRecord *r, found, uint8_t *inflight, uint16_t *ndesc)
     r.free_head = found.free_head
     for buffer_id, head in found.entry_of.items():
         r.entry_of[buffer_id] = head
-    for head, last in found.last_of.items():
-        r.last_of[head] = last
+        r.last_of[buffer_id] = found.last_of[head]
     for i, buffer_id in enumerate(found.pending):
         ndesc[buffer_id] = found.num[buffer_id]
         r.kept_start[i] = start

@@ -124,16 +124,17 @@ cdef inline int packed_dev_walk(DevQueue *q, MemMap *m, const vring_packed_desc 
 
 
 cdef inline void packed_dev_commit(DevQueue *q, uint16_t buffer_id) noexcept nogil:
+    cdef uint32_t ndesc = q.packed_ring.peeked_ndesc
     q.inflight[buffer_id] = HEAD_HELD
     q.inflight_wlen[buffer_id] = q.writable_len
-    q.packed_ring.ndesc[buffer_id] = <uint16_t>q.packed_ring.peeked_ndesc
+    q.packed_ring.ndesc[buffer_id] = <uint16_t>ndesc
     if q.rec.left:  # given back by the record: keeps its entries and counter
         q.rec.pending_pos += 1
         q.rec.left -= 1
         return
+    packed_advance(&q.last_avail, &q.packed_ring.avail_wrap, ndesc, q.size)
     if q.rec.region != NULL:
-        packed_rec_fetched(&q.rec, q.packed_ring.peeked_ndesc)
-    packed_advance(&q.last_avail, &q.packed_ring.avail_wrap, q.packed_ring.peeked_ndesc, q.size)
+        packed_rec_fetched(&q.rec, buffer_id, ndesc)
 
 
 cdef inline void packed_dev_after_pop(DevQueue *q) noexcept nogil:
@@ -147,16 +148,19 @@ cdef inline void packed_dev_put_used(DevQueue *q, uint16_t buffer_id, uint32_t w
     # The used descriptor takes the place of the chain's first slot: AVAIL = USED = our wrap counter.
     cdef uint16_t flags = ((PACKED_DESC_F_AVAIL | PACKED_DESC_F_USED if q.packed_ring.used_wrap else 0)
                            | (DESC_F_WRITE if written else 0))
-    cdef uint16_t slot = q.used_idx, head = 0
+    cdef vring_packed_desc *used = &q.packed_ring.desc[q.used_idx]
     cdef uint32_t ndesc = q.packed_ring.ndesc[buffer_id]
+    cdef uint16_t head
     packed_advance(&q.used_idx, &q.packed_ring.used_wrap, ndesc, q.size)
-    if q.rec.region != NULL:  # each push a batch of one for the record: the chain's entries back first
-        head = packed_rec_used(&q.rec, buffer_id, ndesc, q.used_idx, q.packed_ring.used_wrap)
-    packed_publish_desc(&q.packed_ring.desc[slot], written, buffer_id, flags)
-    q.inflight[buffer_id] = HEAD_FREE
-    if q.rec.region != NULL:
-        packed_rec_done(&q.rec, head, q.used_idx, q.packed_ring.used_wrap)
     q.packed_ring.pushed += ndesc
+    q.inflight[buffer_id] = HEAD_FREE
+    if q.rec.region == NULL:
+        packed_publish_desc(used, written, buffer_id, flags)
+        return
+    # Each push a batch of one for the record: the chain's entries back first, then the used descriptor.
+    head = packed_rec_used(&q.rec, buffer_id, ndesc, q.used_idx, q.packed_ring.used_wrap)
+    packed_publish_desc(used, written, buffer_id, flags)
+    packed_rec_done(&q.rec, head, q.used_idx, q.packed_ring.used_wrap)
 
 
 cdef inline bint packed_dev_notify_needed(DevQueue *q) noexcept nogil:
