@@ -117,6 +117,31 @@ BLK = {
 }
 
 
+def crash(*scribbles: tuple[int, bytes], value: int = 0) -> bytes:
+    """fuzz_inflight's crash operation: the device dies, ``scribbles`` (offset, bytes) land on its record, a new
+    device restores (value bit 0: at a fuzzed base) and attaches the record."""
+    return op(0xF0, len(scribbles), value) + b"".join(struct.pack("<HB", at, len(data) - 1) + data
+                                                      for at, data in scribbles)
+
+
+THREE_SPLIT = {**{16 * k: DESC.pack(DATA + 64 * k, 64, WRITE, 0) for k in range(3)}, **split_avail(4, 0, 1, 2)}
+THREE_PACKED = {k: v for s in range(3) for k, v in packed_desc(s, DATA + 64 * s, 64, s, WRITE).items()}
+HOLD_TWO = op(0) + op(0) + op(0) + op(3, 1, 64)  # pop three chains, push the middle one: two in flight
+RESUME = op(1, 3) + op(4, 0, 64) + op(4, 1, 64)  # pop what is given back, push it
+INFLIGHT = {  # first byte: 0 split, 1 packed
+    "split-crash": b"\0" + device_input(2, 0, THREE_SPLIT, b"", HOLD_TWO + crash() + RESUME, False),
+    "split-crash-twice": b"\0" + device_input(2, 2, THREE_SPLIT, b"", HOLD_TWO + crash() + op(0) + crash()
+                                               + RESUME, False),
+    "split-scribble": b"\0" + device_input(2, 0, THREE_SPLIT, b"", HOLD_TWO + crash((16, b"\2"), (24, b"\1"))
+                                            + RESUME, False),
+    "packed-crash": b"\1" + device_input(2, 0, THREE_PACKED, b"", HOLD_TWO + crash() + RESUME, True),
+    "packed-scribble": b"\1" + device_input(2, 0, THREE_PACKED, b"", HOLD_TWO + crash((34, b"\2\0"), (12, b"\3"))
+                                             + RESUME, True),
+    "packed-fuzzed-base": b"\1" + device_input(2, 0, THREE_PACKED, b"", HOLD_TWO + crash(value=0x0105) + RESUME,
+                                                True),
+}
+
+
 def message(request: int, payload: bytes = b"", fds: int = 0, flags: int = 0) -> bytes:
     return bytes([request, flags, fds, len(payload)]) + payload
 
@@ -141,7 +166,7 @@ VHOST_USER = {
 }
 
 CORPORA = {"device_split": DEVICE_SPLIT, "device_packed": DEVICE_PACKED, "driver": DRIVER, "twins": TWINS,
-           "blk_request": BLK, "vhost_user": VHOST_USER}
+           "blk_request": BLK, "vhost_user": VHOST_USER, "inflight": INFLIGHT}
 
 
 def main() -> None:
