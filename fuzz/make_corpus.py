@@ -142,6 +142,20 @@ INFLIGHT = {  # first byte: 0 split, 1 packed
 }
 
 
+BLK_RING = blk_request(1, 1, b"\x42" * 512, [16, 256, 256, 1], 3) + blk_request(0, 1, b"", [16, 256, 257], 1) \
+    + blk_request(8, 0, b"", [16, 21], 1) + blk_request(4, 0, b"", [16, 1], 1)
+BLK_WORKER = {  # first byte: bit 0 packed, bit 1 read-only, bit 2 EVENT_IDX
+    "split": b"\0" + BLK_RING,
+    "packed": b"\1" + BLK_RING,
+    "split-read-only-event-idx": b"\6" + BLK_RING,
+    "zeroes-discard": b"\5" + blk_request(13, 0, struct.pack("<QII", 2, 3, 1), [32, 1], 1)
+    + blk_request(11, 0, struct.pack("<QII", 6, 2, 0), [16, 16, 1], 2) + blk_request(0, 0, b"", [16, 256, 1], 1)
+    + blk_request(99, 0, b"", [16, 1], 1) + blk_request(1, 15, b"\1" * 1024, [16, 256, 256, 256, 256, 1], 5),
+    "bad-requests": b"\0" + blk_request(1, 0, b"", [8, 1], 1) + blk_request(0, 0, b"", [16], 1)
+    + blk_request(0, 16, b"", [16, 256, 1], 1) + blk_request(1, 0, b"\7" * 100, [16, 100, 1], 2),
+}
+
+
 def message(request: int, payload: bytes = b"", fds: int = 0, flags: int = 0) -> bytes:
     return bytes([request, flags, fds, len(payload)]) + payload
 
@@ -165,8 +179,33 @@ VHOST_USER = {
     "pipe-as-kick": message(12, struct.pack("<Q", 0), fds=4) + message(255),
 }
 
+def inflight_description(num_queues: int, queue_size: int) -> bytes:
+    """What GET_INFLIGHT_FD answers (and SET_INFLIGHT_FD hands back) for a split ring of ``queue_size``."""
+    from vring.vhost_user.inflight import InflightBuffer
+
+    buffer, fd = InflightBuffer.create(num_queues, queue_size, False)
+    os.close(fd)
+    buffer.close()
+    return buffer.description.pack()
+
+
+GET_INFLIGHT = message(31, inflight_description(1, 8))
+SET_INFLIGHT = message(32, inflight_description(1, 8), fds=16)  # the buffer GET_INFLIGHT_FD sent
+VHOST_USER.update({
+    "inflight-fd": message(1) + message(2, struct.pack("<Q", 1 << 32 | 1 << 30)) + message(15)
+    + message(16, struct.pack("<Q", 1 << 12)) + GET_INFLIGHT + SET_INFLIGHT,
+    "ring-with-inflight": GET_INFLIGHT + SET_UP_RING + message(34) + SET_INFLIGHT + SET_UP_RING,
+    "inflight-own-memfd": message(32, struct.pack("<QQHH4x", 4096, 0, 1, 8), fds=1) + SET_UP_RING,
+    "inflight-bad": message(31, struct.pack("<QQHH4x", 0, 0, 2, 7)) + message(32, struct.pack("<QQHH4x", 1 << 20,
+                                                                                            0, 1, 8), fds=1)
+    + message(32, inflight_description(1, 8), fds=4) + message(32, b"\0" * 8, fds=1),
+    "status": message(39, struct.pack("<Q", 0x0F)) + message(40) + message(39, struct.pack("<Q", 0x1FF))
+    + message(34) + message(40, flags=1),
+})
+
 CORPORA = {"device_split": DEVICE_SPLIT, "device_packed": DEVICE_PACKED, "driver": DRIVER, "twins": TWINS,
-           "blk_request": BLK, "vhost_user": VHOST_USER, "inflight": INFLIGHT}
+           "blk_request": BLK, "vhost_user": VHOST_USER, "inflight": INFLIGHT,
+           "blk_worker": BLK_WORKER}
 
 
 def main() -> None:
