@@ -1,10 +1,10 @@
 """Fuzz the vhost-user back-end: message sequences with fds sent to a ``VhostUserBackend`` (an rng device) that
 runs in a thread of this process on a socket in a temp directory.
 
-Input format, up to ``MAX_MESSAGES`` times: u8 request (its number; 255 kicks the last eventfd sent instead),
-u8 flags (bit 0 NEED_REPLY, bit 1 a wrong version), u8 fds to attach (bit 0 a 64 KiB memfd, bit 1 an eventfd in
-blocking mode, bit 2 a pipe's read end, bit 3 a pipe's write end, bit 4 the last fd the back-end sent, such as
-GET_INFLIGHT_FD's buffer, as a front-end hands it back with SET_INFLIGHT_FD), u8 payload length, then the
+Input format, up to ``MAX_MESSAGES`` times: u8 request (its number; 255 kicks the last eventfd sent instead), u8
+flags (bit 0 NEED_REPLY, bit 1 a wrong version), u8 fds to attach (bit 0 a 64 KiB memfd that may be sealed, bit 1 an
+eventfd in blocking mode, bit 2 a pipe's read end, bit 3 a pipe's write end, bit 4 the last fd the back-end sent,
+such as GET_INFLIGHT_FD's buffer, as a front-end hands it back with SET_INFLIGHT_FD), u8 payload length, then the
 payload.
 Invariants, after each input: the connection's thread ends once the front-end hangs up, the server thread is
 alive, a second, well-behaved client still gets a GET_FEATURES answer, and no fd leaked (``/proc/self/fd``).
@@ -54,7 +54,7 @@ def make_fds(kinds: int, keep: list[int], eventfds: list[int], received: list[in
     if kinds & 16 and received:
         fds.append(os.dup(received[-1]))
     if kinds & 1:
-        fd = os.memfd_create("vring-fuzz-guest")
+        fd = os.memfd_create("vring-fuzz-guest", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)  # as an inflight buffer
         os.ftruncate(fd, MEMFD_BYTES)
         fds.append(fd)
     if kinds & 2:

@@ -191,16 +191,28 @@ def inflight_description(num_queues: int, queue_size: int) -> bytes:
 
 GET_INFLIGHT = message(31, inflight_description(1, 8))
 SET_INFLIGHT = message(32, inflight_description(1, 8), fds=16)  # the buffer GET_INFLIGHT_FD sent
+# A ring started with an inflight buffer, served, stopped, then started again from the same buffer (16 messages,
+# the harness's most).
+RING_WITH_INFLIGHT = (message(2, struct.pack("<Q", 1 << 32 | 1 << 30)) + message(16, struct.pack("<Q", 1 << 12))
+                      + GET_INFLIGHT
+                      + message(5, struct.pack("<II", 1, 0) + struct.pack("<QQQQ", 0, 1 << 16, UADDR, 0), fds=1)
+                      + message(8, struct.pack("<II", 0, 8))
+                      + message(9, struct.pack("<IIQQQQ", 0, 0, UADDR, UADDR + 0x200, UADDR + 0x100, 0))
+                      + message(10, struct.pack("<II", 0, 0)) + message(12, struct.pack("<Q", 0), fds=2)
+                      + message(13, struct.pack("<Q", 0), fds=2) + message(18, struct.pack("<II", 0, 1))
+                      + message(255) + message(11, struct.pack("<II", 0, 0)) + SET_INFLIGHT
+                      + message(10, struct.pack("<II", 0, 0)) + message(12, struct.pack("<Q", 0), fds=2)
+                      + message(255))
 VHOST_USER.update({
     "inflight-fd": message(1) + message(2, struct.pack("<Q", 1 << 32 | 1 << 30)) + message(15)
     + message(16, struct.pack("<Q", 1 << 12)) + GET_INFLIGHT + SET_INFLIGHT,
-    "ring-with-inflight": GET_INFLIGHT + SET_UP_RING + message(34) + SET_INFLIGHT + SET_UP_RING,
+    "ring-with-inflight": RING_WITH_INFLIGHT,
     "inflight-own-memfd": message(32, struct.pack("<QQHH4x", 4096, 0, 1, 8), fds=1) + SET_UP_RING,
     "inflight-bad": message(31, struct.pack("<QQHH4x", 0, 0, 2, 7)) + message(32, struct.pack("<QQHH4x", 1 << 20,
                                                                                             0, 1, 8), fds=1)
     + message(32, inflight_description(1, 8), fds=4) + message(32, b"\0" * 8, fds=1),
-    "status": message(39, struct.pack("<Q", 0x0F)) + message(40) + message(39, struct.pack("<Q", 0x1FF))
-    + message(34) + message(40, flags=1),
+    "status": message(39, struct.pack("<Q", 0x0F)) + message(40) + message(34) + message(40, flags=1)
+    + message(39, struct.pack("<Q", 0x1FF)),
 })
 
 CORPORA = {"device_split": DEVICE_SPLIT, "device_packed": DEVICE_PACKED, "driver": DRIVER, "twins": TWINS,
