@@ -76,10 +76,11 @@ class Ring:
     def lay_out(self, index: int, slot: int, segments: list[tuple[int, int, bool]], readable: bytes) -> None:
         offset = 0
         for k, (gpa, n, writable) in enumerate(segments):
+            # through the memory map: a buffer may run from one data region into the next
             if writable:
-                self.guest.write(gpa, bytes([GARBAGE]) * n)
+                self.guest.mem.write(gpa, bytes([GARBAGE]) * n)
             else:
-                self.guest.write(gpa, readable[offset: offset + n])
+                self.guest.mem.write(gpa, readable[offset: offset + n])
                 offset += n
             more = k + 1 < len(segments)
             flags = (NEXT if more else 0) | (WRITE if writable else 0)
