@@ -7,7 +7,8 @@ Input format: u8 ring kind (bit 0: packed), then ``device_program.py``'s input (
 4-byte operations), where an operation whose opcode byte is ``CRASH`` or above is a crash instead: its ``arg``
 says how many scribbles follow (``arg % 8``, each u16 offset, u8 length 1..8, that many bytes) and its ``value``
 how the new device is restored before it attaches the record (bit 0: at a fuzzed base, else as a restarted
-back-end is: split at the used ring's idx, packed at the initial state).
+back-end is: split at the used ring's idx, packed at the initial state). An opcode byte from ``SCRIBBLE`` up to
+``CRASH`` is scribbles alone, on the record of a device that keeps running (which must not read them back).
 
 Invariants, beyond device_program's: ``attach_inflight`` raises only InflightError, and then leaves the record,
 the queue's state and its health as they were; chains given back from a record lie in guest memory like any other
@@ -29,6 +30,7 @@ from guest import CANARY, CANARY_BYTES, HarnessFailure, check_vring_error, outco
 from vring import InflightError, QueueBroken, QueueState, create_device_queue, inflight_region_size
 
 CRASH = 0xF0  # an opcode byte at least this is a crash (device_program's opcodes are the byte modulo 13)
+SCRIBBLE = 0xE0  # from this up to CRASH: the front-end scribbles on the record of a running device
 MAX_SCRIBBLES = 8
 
 
@@ -71,10 +73,7 @@ class InflightProgram(device_program.DeviceProgram):
     def crash(self, arg: int, value: int) -> None:
         """The device dies holding what it holds; the front-end scribbles on the record; a new device restores
         the ring's position and attaches the record."""
-        for _ in range(arg % MAX_SCRIBBLES):
-            offset, n = self.input.u16() % self.region_bytes, self.input.u8() % 8 + 1
-            chunk = np.frombuffer(self.input.take(n), np.uint8)[: self.region_bytes - offset]
-            self.region[offset: offset + len(chunk)] = chunk
+        self.scribble(arg)
         self.queue = create_device_queue(self.guest.mem, self.layout, self.features, twin=self.twin)
         self.held.clear()
         size = self.layout.size
@@ -87,6 +86,12 @@ class InflightProgram(device_program.DeviceProgram):
         self.call("restore", base)
         self.trace.append(("crash", self.attach()))
 
+    def scribble(self, arg: int) -> None:
+        for _ in range(arg % MAX_SCRIBBLES):
+            offset, n = self.input.u16() % self.region_bytes, self.input.u8() % 8 + 1
+            chunk = np.frombuffer(self.input.take(n), np.uint8)[: self.region_bytes - offset]
+            self.region[offset: offset + len(chunk)] = chunk
+
     def run_all(self) -> list[Any]:
         for _ in range(device_program.MAX_OPS):
             if not self.input.more():
@@ -94,6 +99,8 @@ class InflightProgram(device_program.DeviceProgram):
             opcode, arg, value = self.input.u8(), self.input.u8(), self.input.u16()
             if opcode >= CRASH:
                 self.crash(arg, value)
+            elif opcode >= SCRIBBLE:
+                self.scribble(arg)
             else:
                 self.step(opcode % 13, arg, value)
             self.check_region()

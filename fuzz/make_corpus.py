@@ -137,6 +137,13 @@ INFLIGHT = {  # first byte: 0 split, 1 packed
     "packed-crash": b"\1" + device_input(2, 0, THREE_PACKED, b"", HOLD_TWO + crash() + RESUME, True),
     "packed-scribble": b"\1" + device_input(2, 0, THREE_PACKED, b"", HOLD_TWO + crash((34, b"\2\0"), (12, b"\3"))
                                              + RESUME, True),
+    "packed-scribble-running": b"\1" + device_input(2, 0, THREE_PACKED, b"", HOLD_TWO + op(0xE0, 2)
+                                                     + struct.pack("<HB", 32, 7) + b"\xff" * 8
+                                                     + struct.pack("<HB", 12, 1) + b"\x09\x00" + RESUME + crash(),
+                                                     True),
+    "split-scribble-running": b"\0" + device_input(2, 0, THREE_SPLIT, b"", HOLD_TWO + op(0xE0, 1)
+                                                    + struct.pack("<HB", 12, 3) + b"\x07\x00\x09\x00" + RESUME
+                                                    + crash(), False),
     "packed-fuzzed-base": b"\1" + device_input(2, 0, THREE_PACKED, b"", HOLD_TWO + crash(value=0x0105) + RESUME,
                                                 True),
 }
