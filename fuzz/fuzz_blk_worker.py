@@ -2,7 +2,8 @@
 path (``BlkDevice.handle``): a ring of fuzzed virtio-blk requests is served once by each, from the same guest
 memory and the same image, and both must leave the same used ring, the same guest memory and the same image.
 
-Input format: u8 flags (bit 0: packed ring, bit 1: a read-only device, bit 2: EVENT_IDX), then requests, each as
+Input format: u8 flags (bit 0: packed ring, bit 1: a read-only device, bit 2: EVENT_IDX, bit 3: the queue keeps
+an inflight record), then requests, each as
 ``fuzz_blk_request.py`` lays them out: u8 segment count (count % 6 + 1), u8 index of the first device-writable
 segment, one u16 length per segment (``% 0x100 + 1``; buffers laid one after the other from ``DATA``, across into
 the adjacent region), then the readable bytes (header: u32 type, u32 reserved, u64 sector; then the data). The
@@ -11,7 +12,7 @@ ring holds at most ``QUEUE_SIZE`` descriptors; requests past that, or past the d
 Invariants: the executor ends when asked; every answered status byte is OK, IOERR or UNSUPP; nothing outside
 the chains' writable buffers changes in the data regions (and no canary anywhere); the image changes only where
 an OK write, discard or write-zeroes says, in the order the requests came; the executor and ``handle`` give the
-same used elements, guest memory and image. Run: ``python fuzz/fuzz_blk_worker.py -max_total_time=60 CORPUS``."""
+same used elements, guest memory, image and inflight record. Run: ``python fuzz/fuzz_blk_worker.py -max_total_time=60 CORPUS``."""
 
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ import struct
 import tempfile
 from typing import Any
 
+import numpy as np
+
 import harness
 from fuzz_blk_request import SECTORS, expected_image
 from guest import DATA, DATA_END, RING, CanaryMemory, HarnessFailure, Input, timed
 
-from vring import Feature, contiguous_layout, create_device_queue
+from vring import Feature, contiguous_layout, create_device_queue, inflight_region_size
 
 with harness.instrumented():
     from vring.devices import blk
@@ -51,6 +54,7 @@ class Ring:
     def __init__(self, inp: Input, packed: bool, features: int) -> None:
         self.guest = CanaryMemory(harness.CYTHON)
         self.packed = packed
+        self.record = np.zeros(inflight_region_size(QUEUE_SIZE, packed), np.uint8)  # numpy: 8-byte aligned
         self.layout = contiguous_layout(features, QUEUE_SIZE, RING, align=4)
         self.requests: list[tuple[list[tuple[int, int, bool]], bytes]] = []  # (segments, readable bytes)
         self.request_of: dict[int, int] = {}  # the id a used element carries -> the request's index
@@ -111,8 +115,15 @@ class Ring:
         return self.guest.mem.read(DATA, DATA_END - DATA)
 
 
-def serve_c(ring: Ring, device: Any, features: int) -> None:
+def device_queue(ring: Ring, features: int, record: bool) -> Any:
     queue = create_device_queue(ring.guest.mem, ring.layout, features, twin=harness.CYTHON)
+    if record:
+        queue.attach_inflight(ring.record)
+    return queue
+
+
+def serve_c(ring: Ring, device: Any, features: int, record: bool) -> None:
+    queue = device_queue(ring, features, record)
     kick, call, stop = (os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC) for _ in range(3))
     try:
         worker = device.make_worker([(0, queue, kick, call)], stop)
@@ -128,9 +139,14 @@ def serve_c(ring: Ring, device: Any, features: int) -> None:
             os.close(fd)
 
 
-def serve_python(ring: Ring, device: Any, features: int) -> None:
-    queue = create_device_queue(ring.guest.mem, ring.layout, features, twin=harness.CYTHON)
+def serve_python(ring: Ring, device: Any, features: int, record: bool) -> None:
+    """Pop every chain, then answer and push each in order: the executor's round (so that an inflight record, whose
+    free list a push changes, comes out the same)."""
+    queue = device_queue(ring, features, record)
+    chains = []
     while (chain := timed(queue.pop)) is not None:
+        chains.append(chain)
+    for chain in chains:
         written = timed(device.handle, 0, chain)
         timed(queue.push, chain.head, written)
 
@@ -197,13 +213,13 @@ def test_one_input(data: bytes) -> None:
         ring = Ring(inp, packed, features)
         reset_image(read_only)
         before = image_bytes(device)
-        serve(ring, device, features)
+        serve(ring, device, features, bool(data[0] & 8))
         ring.guest.check_canaries()
         after = image_bytes(device)
         if serve is serve_c:
             check_answers(ring, before, after)
-        results.append((ring.used(), ring.data_bytes(), after))
-    (c_used, c_data, c_image), (py_used, py_data, py_image) = results
+        results.append((ring.used(), ring.data_bytes(), after, bytes(ring.record)))
+    (c_used, c_data, c_image, c_record), (py_used, py_data, py_image, py_record) = results
     if c_used != py_used:
         raise HarnessFailure(f"used elements: C executor {c_used} != BlkDevice.handle {py_used}")
     if c_data != py_data:
@@ -211,6 +227,9 @@ def test_one_input(data: bytes) -> None:
         raise HarnessFailure(f"the data buffers differ at {DATA + at:#x}: C {c_data[at]} != Python {py_data[at]}")
     if c_image != py_image:
         raise HarnessFailure("the C executor and BlkDevice.handle leave different images")
+    if c_record != py_record:
+        at = next(k for k, (x, y) in enumerate(zip(c_record, py_record)) if x != y)
+        raise HarnessFailure(f"the inflight records differ at byte {at}: C {c_record[at]} != Python {py_record[at]}")
 
 
 if __name__ == "__main__":

@@ -151,10 +151,12 @@ INFLIGHT = {  # first byte: 0 split, 1 packed
 
 BLK_RING = blk_request(1, 1, b"\x42" * 512, [16, 256, 256, 1], 3) + blk_request(0, 1, b"", [16, 256, 257], 1) \
     + blk_request(8, 0, b"", [16, 21], 1) + blk_request(4, 0, b"", [16, 1], 1)
-BLK_WORKER = {  # first byte: bit 0 packed, bit 1 read-only, bit 2 EVENT_IDX
+BLK_WORKER = {  # first byte: bit 0 packed, bit 1 read-only, bit 2 EVENT_IDX, bit 3 an inflight record
     "split": b"\0" + BLK_RING,
     "packed": b"\1" + BLK_RING,
     "split-read-only-event-idx": b"\6" + BLK_RING,
+    "split-inflight": b"\x08" + BLK_RING,
+    "packed-inflight-event-idx": b"\x0d" + BLK_RING,
     "zeroes-discard": b"\5" + blk_request(13, 0, struct.pack("<QII", 2, 3, 1), [32, 1], 1)
     + blk_request(11, 0, struct.pack("<QII", 6, 2, 0), [16, 16, 1], 2) + blk_request(0, 0, b"", [16, 256, 1], 1)
     + blk_request(99, 0, b"", [16, 1], 1) + blk_request(1, 15, b"\1" * 1024, [16, 256, 256, 256, 256, 1], 5),
