@@ -128,6 +128,9 @@ class DeviceProgram:
                 if head in self.held:
                     raise HarnessFailure(f"head {head} batch-popped while the device still holds it")
                 self.held[head] = (None, int(batch.writable_len[k]))
+                for gpa, n, _ in batch.segments(k):
+                    if not self.guest.mem.contains(gpa, n) or n == 0:
+                        raise HarnessFailure(f"batch chain {head}: segment {gpa:#x} (+{n}) is not in guest memory")
             self.trace.append(("batch", [(int(batch.heads[k]), batch.segments(k), int(batch.readable_len[k]),
                                           int(batch.writable_len[k])) for k in range(batch.count)]))
         elif opcode in (3, 4, 5) and self.held:

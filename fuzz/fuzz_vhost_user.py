@@ -1,9 +1,11 @@
 """Fuzz the vhost-user back-end: message sequences with fds sent to a ``VhostUserBackend`` (an rng device) that
 runs in a thread of this process on a socket in a temp directory.
 
-Input format, up to ``MAX_MESSAGES`` times: u8 request (its number; 255 kicks the last eventfd sent instead),
-u8 flags (bit 0 NEED_REPLY, bit 1 a wrong version), u8 fds to attach (bit 0 a 64 KiB memfd, bit 1 an eventfd in
-blocking mode, bit 2 a pipe's read end, bit 3 a pipe's write end), u8 payload length, then the payload.
+Input format, up to ``MAX_MESSAGES`` times: u8 request (its number; 255 kicks the last eventfd sent instead), u8
+flags (bit 0 NEED_REPLY, bit 1 a wrong version), u8 fds to attach (bit 0 a 64 KiB memfd that may be sealed, bit 1 an
+eventfd in blocking mode, bit 2 a pipe's read end, bit 3 a pipe's write end, bit 4 the last fd the back-end sent,
+such as GET_INFLIGHT_FD's buffer, as a front-end hands it back with SET_INFLIGHT_FD), u8 payload length, then the
+payload.
 Invariants, after each input: the connection's thread ends once the front-end hangs up, the server thread is
 alive, a second, well-behaved client still gets a GET_FEATURES answer, and no fd leaked (``/proc/self/fd``).
 Run: ``python fuzz/fuzz_vhost_user.py -max_total_time=60 CORPUS_DIR``.
@@ -11,6 +13,7 @@ Run: ``python fuzz/fuzz_vhost_user.py -max_total_time=60 CORPUS_DIR``.
 
 import logging
 import os
+import select
 import socket
 import tempfile
 import threading
@@ -21,13 +24,14 @@ from guest import HarnessFailure, Input
 
 with harness.instrumented():
     from vring.devices.rng import RngDevice
-    from vring.vhost_user.protocol import HEADER, VERSION, Request, send_message
+    from vring.vhost_user.protocol import HEADER, REPLYING, VERSION, Request, send_message
     from vring.vhost_user.server import VhostUserBackend
 
 MAX_MESSAGES = 16
 MEMFD_BYTES = 1 << 16
 KICK = 255
 JOIN_SECONDS = 5.0
+REPLY_SECONDS = 0.2  # how long a request that replies is waited for (so that the next message may use its fd)
 logging.getLogger("vring").setLevel(logging.CRITICAL)  # every broken session logs its protocol error
 
 scratch = tempfile.TemporaryDirectory(prefix="vring-fuzz-vhost-")
@@ -44,11 +48,13 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def make_fds(kinds: int, keep: list[int], eventfds: list[int]) -> list[int]:
+def make_fds(kinds: int, keep: list[int], eventfds: list[int], received: list[int]) -> list[int]:
     """The fds a message carries (closed by the caller once sent; the server gets its own copies)."""
     fds = []
+    if kinds & 16 and received:
+        fds.append(os.dup(received[-1]))
     if kinds & 1:
-        fd = os.memfd_create("vring-fuzz-guest")
+        fd = os.memfd_create("vring-fuzz-guest", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)  # as an inflight buffer
         os.ftruncate(fd, MEMFD_BYTES)
         fds.append(fd)
     if kinds & 2:
@@ -63,8 +69,9 @@ def make_fds(kinds: int, keep: list[int], eventfds: list[int]) -> list[int]:
     return fds
 
 
-def drain(sock: socket.socket) -> None:
-    """Read whatever the back-end answered so far (and close any fd it sent), without waiting."""
+def drain(sock: socket.socket, received: list[int]) -> None:
+    """Read whatever the back-end answered so far, without waiting; the fds it sent go to ``received`` (the
+    caller closes them)."""
     sock.setblocking(False)  # socket.recv_fds takes flags but (3.11) does not pass them on: no MSG_DONTWAIT
     try:
         while True:
@@ -72,8 +79,7 @@ def drain(sock: socket.socket) -> None:
                 data, fds, _, _ = socket.recv_fds(sock, 4096, 8)
             except (BlockingIOError, ConnectionError):
                 return
-            for fd in fds:
-                os.close(fd)
+            received.extend(fds)
             if not data:
                 return
     finally:
@@ -101,6 +107,7 @@ def send_session(data: bytes) -> None:
     inp = Input(data)
     keep: list[int] = []  # our ends and copies, closed after the session
     eventfds: list[int] = []
+    received: list[int] = []  # fds the back-end sent (GET_INFLIGHT_FD's buffer)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(SOCKET)
@@ -113,7 +120,7 @@ def send_session(data: bytes) -> None:
                 if eventfds:
                     os.eventfd_write(eventfds[-1], 1)
                 continue
-            fds = make_fds(kinds, keep, eventfds)
+            fds = make_fds(kinds, keep, eventfds, received)
             try:
                 send_message(sock, request, payload, fds, flags=(VERSION + 1 if flags & 2 else VERSION)
                              | (1 << 3 if flags & 1 else 0))
@@ -122,10 +129,12 @@ def send_session(data: bytes) -> None:
             finally:
                 for fd in fds:
                     os.close(fd)
-            drain(sock)
+            if request in REPLYING or flags & 1:
+                select.select([sock], [], [], REPLY_SECONDS)
+            drain(sock, received)
     finally:
         sock.close()
-        for fd in keep:
+        for fd in keep + received:
             os.close(fd)
 
 

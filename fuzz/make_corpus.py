@@ -117,6 +117,54 @@ BLK = {
 }
 
 
+def crash(*scribbles: tuple[int, bytes], value: int = 0) -> bytes:
+    """fuzz_inflight's crash operation: the device dies, ``scribbles`` (offset, bytes) land on its record, a new
+    device restores (value bit 0: at a fuzzed base) and attaches the record."""
+    return op(0xF0, len(scribbles), value) + b"".join(struct.pack("<HB", at, len(data) - 1) + data
+                                                      for at, data in scribbles)
+
+
+THREE_SPLIT = {**{16 * k: DESC.pack(DATA + 64 * k, 64, WRITE, 0) for k in range(3)}, **split_avail(4, 0, 1, 2)}
+THREE_PACKED = {k: v for s in range(3) for k, v in packed_desc(s, DATA + 64 * s, 64, s, WRITE).items()}
+HOLD_TWO = op(0) + op(0) + op(0) + op(3, 1, 64)  # pop three chains, push the middle one: two in flight
+RESUME = op(1, 3) + op(4, 0, 64) + op(4, 1, 64)  # pop what is given back, push it
+INFLIGHT = {  # first byte: 0 split, 1 packed
+    "split-crash": b"\0" + device_input(2, 0, THREE_SPLIT, b"", HOLD_TWO + crash() + RESUME, False),
+    "split-crash-twice": b"\0" + device_input(2, 2, THREE_SPLIT, b"", HOLD_TWO + crash() + op(0) + crash()
+                                               + RESUME, False),
+    "split-scribble": b"\0" + device_input(2, 0, THREE_SPLIT, b"", HOLD_TWO + crash((16, b"\2"), (24, b"\1"))
+                                            + RESUME, False),
+    "packed-crash": b"\1" + device_input(2, 0, THREE_PACKED, b"", HOLD_TWO + crash() + RESUME, True),
+    "packed-scribble": b"\1" + device_input(2, 0, THREE_PACKED, b"", HOLD_TWO + crash((34, b"\2\0"), (12, b"\3"))
+                                             + RESUME, True),
+    "packed-scribble-running": b"\1" + device_input(2, 0, THREE_PACKED, b"", HOLD_TWO + op(0xE0, 2)
+                                                     + struct.pack("<HB", 32, 7) + b"\xff" * 8
+                                                     + struct.pack("<HB", 12, 1) + b"\x09\x00" + RESUME + crash(),
+                                                     True),
+    "split-scribble-running": b"\0" + device_input(2, 0, THREE_SPLIT, b"", HOLD_TWO + op(0xE0, 1)
+                                                    + struct.pack("<HB", 12, 3) + b"\x07\x00\x09\x00" + RESUME
+                                                    + crash(), False),
+    "packed-fuzzed-base": b"\1" + device_input(2, 0, THREE_PACKED, b"", HOLD_TWO + crash(value=0x0105) + RESUME,
+                                                True),
+}
+
+
+BLK_RING = blk_request(1, 1, b"\x42" * 512, [16, 256, 256, 1], 3) + blk_request(0, 1, b"", [16, 256, 257], 1) \
+    + blk_request(8, 0, b"", [16, 21], 1) + blk_request(4, 0, b"", [16, 1], 1)
+BLK_WORKER = {  # first byte: bit 0 packed, bit 1 read-only, bit 2 EVENT_IDX, bit 3 an inflight record
+    "split": b"\0" + BLK_RING,
+    "packed": b"\1" + BLK_RING,
+    "split-read-only-event-idx": b"\6" + BLK_RING,
+    "split-inflight": b"\x08" + BLK_RING,
+    "packed-inflight-event-idx": b"\x0d" + BLK_RING,
+    "zeroes-discard": b"\5" + blk_request(13, 0, struct.pack("<QII", 2, 3, 1), [32, 1], 1)
+    + blk_request(11, 0, struct.pack("<QII", 6, 2, 0), [16, 16, 1], 2) + blk_request(0, 0, b"", [16, 256, 1], 1)
+    + blk_request(99, 0, b"", [16, 1], 1) + blk_request(1, 15, b"\1" * 1024, [16, 256, 256, 256, 256, 1], 5),
+    "bad-requests": b"\0" + blk_request(1, 0, b"", [8, 1], 1) + blk_request(0, 0, b"", [16], 1)
+    + blk_request(0, 16, b"", [16, 256, 1], 1) + blk_request(1, 0, b"\7" * 100, [16, 100, 1], 2),
+}
+
+
 def message(request: int, payload: bytes = b"", fds: int = 0, flags: int = 0) -> bytes:
     return bytes([request, flags, fds, len(payload)]) + payload
 
@@ -140,8 +188,45 @@ VHOST_USER = {
     "pipe-as-kick": message(12, struct.pack("<Q", 0), fds=4) + message(255),
 }
 
+def inflight_description(num_queues: int, queue_size: int) -> bytes:
+    """What GET_INFLIGHT_FD answers (and SET_INFLIGHT_FD hands back) for a split ring of ``queue_size``."""
+    from vring.vhost_user.inflight import InflightBuffer
+
+    buffer, fd = InflightBuffer.create(num_queues, queue_size, False)
+    os.close(fd)
+    buffer.close()
+    return buffer.description.pack()
+
+
+GET_INFLIGHT = message(31, inflight_description(1, 8))
+SET_INFLIGHT = message(32, inflight_description(1, 8), fds=16)  # the buffer GET_INFLIGHT_FD sent
+# A ring started with an inflight buffer, served, stopped, then started again from the same buffer (16 messages,
+# the harness's most).
+RING_WITH_INFLIGHT = (message(2, struct.pack("<Q", 1 << 32 | 1 << 30)) + message(16, struct.pack("<Q", 1 << 12))
+                      + GET_INFLIGHT
+                      + message(5, struct.pack("<II", 1, 0) + struct.pack("<QQQQ", 0, 1 << 16, UADDR, 0), fds=1)
+                      + message(8, struct.pack("<II", 0, 8))
+                      + message(9, struct.pack("<IIQQQQ", 0, 0, UADDR, UADDR + 0x200, UADDR + 0x100, 0))
+                      + message(10, struct.pack("<II", 0, 0)) + message(12, struct.pack("<Q", 0), fds=2)
+                      + message(13, struct.pack("<Q", 0), fds=2) + message(18, struct.pack("<II", 0, 1))
+                      + message(255) + message(11, struct.pack("<II", 0, 0)) + SET_INFLIGHT
+                      + message(10, struct.pack("<II", 0, 0)) + message(12, struct.pack("<Q", 0), fds=2)
+                      + message(255))
+VHOST_USER.update({
+    "inflight-fd": message(1) + message(2, struct.pack("<Q", 1 << 32 | 1 << 30)) + message(15)
+    + message(16, struct.pack("<Q", 1 << 12)) + GET_INFLIGHT + SET_INFLIGHT,
+    "ring-with-inflight": RING_WITH_INFLIGHT,
+    "inflight-own-memfd": message(32, struct.pack("<QQHH4x", 4096, 0, 1, 8), fds=1) + SET_UP_RING,
+    "inflight-bad": message(31, struct.pack("<QQHH4x", 0, 0, 2, 7)) + message(32, struct.pack("<QQHH4x", 1 << 20,
+                                                                                            0, 1, 8), fds=1)
+    + message(32, inflight_description(1, 8), fds=4) + message(32, b"\0" * 8, fds=1),
+    "status": message(39, struct.pack("<Q", 0x0F)) + message(40) + message(34) + message(40, flags=1)
+    + message(39, struct.pack("<Q", 0x1FF)),
+})
+
 CORPORA = {"device_split": DEVICE_SPLIT, "device_packed": DEVICE_PACKED, "driver": DRIVER, "twins": TWINS,
-           "blk_request": BLK, "vhost_user": VHOST_USER}
+           "blk_request": BLK, "vhost_user": VHOST_USER, "inflight": INFLIGHT,
+           "blk_worker": BLK_WORKER}
 
 
 def main() -> None:

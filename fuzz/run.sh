@@ -19,7 +19,7 @@ SECONDS_EACH=${FUZZ_SECONDS:-60}
 export VRING_FUZZ_TWINS=${FUZZ_TWINS:-c}  # what fuzz/harness.py reads
 HARNESSES=("$@")
 if [ ${#HARNESSES[@]} -eq 0 ]; then
-    HARNESSES=(device_split device_packed driver twins blk_request vhost_user)
+    HARNESSES=(device_split device_packed driver twins blk_request blk_worker vhost_user inflight)
 fi
 PYTHON=${PYTHON:-python3}
 VENV=fuzz/.venv

@@ -33,6 +33,7 @@ cdef class BlkWorker:
     cdef uint32_t nreqs
     cdef BlkReq *free_list
     cdef BlkReq *answered            # completed in the loop itself (parsed with an answer, or done synchronously)
+    cdef BlkReq *answered_tail       # its last: the used ring gets them in the order they were answered
     cdef BlkIo *io
     cdef pthread_t threads[BLK_POOL_THREADS]
     cdef int nthreads
@@ -300,9 +301,14 @@ cdef class BlkWorker:
         return popped
 
     cdef void _answer(self, BlkReq *req) noexcept nogil:
-        """``req`` is answered (blk_answer): its status goes to the guest at the end of this round."""
-        req.next = self.answered
-        self.answered = req
+        """``req`` is answered (blk_answer): its status goes to the guest at the end of this round, after those
+        answered before it (synchronous I/O returns the chains in the order the driver made them available)."""
+        req.next = NULL
+        if self.answered_tail != NULL:
+            self.answered_tail.next = req
+        else:
+            self.answered = req
+        self.answered_tail = req
 
     # -- I/O -----------------------------------------------------------------------------------------------
     cdef void _issue(self, BlkReq *req) noexcept nogil:
@@ -397,6 +403,7 @@ cdef class BlkWorker:
         cdef BlkReq *req
         cdef BlkRing *ring
         cdef bint any_done = self.answered != NULL
+        self.answered_tail = NULL
         while self.answered != NULL:
             req = self.answered
             self.answered = req.next
