@@ -223,12 +223,12 @@ def test_one_input(data: bytes) -> None:
     if c_used != py_used:
         raise HarnessFailure(f"used elements: C executor {c_used} != BlkDevice.handle {py_used}")
     if c_data != py_data:
-        at = next(k for k, (x, y) in enumerate(zip(c_data, py_data)) if x != y)
+        at = harness.first_difference(c_data, py_data)
         raise HarnessFailure(f"the data buffers differ at {DATA + at:#x}: C {c_data[at]} != Python {py_data[at]}")
     if c_image != py_image:
         raise HarnessFailure("the C executor and BlkDevice.handle leave different images")
     if c_record != py_record:
-        at = next(k for k, (x, y) in enumerate(zip(c_record, py_record)) if x != y)
+        at = harness.first_difference(c_record, py_record)
         raise HarnessFailure(f"the inflight records differ at byte {at}: C {c_record[at]} != Python {py_record[at]}")
 
 

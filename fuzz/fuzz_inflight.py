@@ -123,14 +123,14 @@ def test_one_input(data: bytes) -> None:
     c_trace, c_mem, c_region = run(CYTHON, data)
     py_trace, py_mem, py_region = run(PYTHON, data)
     if c_trace != py_trace:
-        at = next((k for k, (x, y) in enumerate(zip(c_trace, py_trace)) if x != y), min(len(c_trace), len(py_trace)))
+        at = harness.first_difference(c_trace, py_trace)
         c_entry = c_trace[at] if at < len(c_trace) else None
         py_entry = py_trace[at] if at < len(py_trace) else None
         raise HarnessFailure(f"the twins' traces differ at entry {at}: cython {c_entry!r} != python {py_entry!r}")
     if c_mem != py_mem:
         raise HarnessFailure("the twins leave different guest memory")
     if c_region != py_region:
-        at = next(k for k, (x, y) in enumerate(zip(c_region, py_region)) if x != y)
+        at = harness.first_difference(c_region, py_region)
         raise HarnessFailure(f"the twins leave different inflight records (first difference at byte {at})")
 
 

@@ -18,10 +18,10 @@ def run(twin: Any, kind: int, data: bytes) -> tuple[list[Any], bytes]:
     return driver_program.run(twin, data, packed=bool(kind & 1), raw_args=True)
 
 
-def first_difference(a: list[Any], b: list[Any]) -> str:
-    for k, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return f"entry {k}: cython {x!r} != python {y!r}"
+def where_traces_differ(a: list[Any], b: list[Any]) -> str:
+    k = harness.first_difference(a, b)
+    if k < min(len(a), len(b)):
+        return f"entry {k}: cython {a[k]!r} != python {b[k]!r}"
     return f"lengths: cython {len(a)} entries, python {len(b)}"
 
 
@@ -32,9 +32,9 @@ def test_one_input(data: bytes) -> None:
     c_trace, c_bytes = run(CYTHON, kind, data[1:])
     py_trace, py_bytes = run(PYTHON, kind, data[1:])
     if c_trace != py_trace:
-        raise HarnessFailure(f"the twins' traces differ at {first_difference(c_trace, py_trace)}")
+        raise HarnessFailure(f"the twins' traces differ at {where_traces_differ(c_trace, py_trace)}")
     if c_bytes != py_bytes:
-        at = next(k for k, (x, y) in enumerate(zip(c_bytes, py_bytes)) if x != y)
+        at = harness.first_difference(c_bytes, py_bytes)
         raise HarnessFailure(f"the twins leave different guest memory (first difference at region byte {at})")
 
 

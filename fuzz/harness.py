@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import types
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import contextlib
 from pathlib import Path
@@ -40,6 +40,12 @@ CYTHON, PYTHON = vring._cring, vring._pyring
 def twins() -> list[types.ModuleType]:
     choice = os.environ.get("VRING_FUZZ_TWINS", "c")
     return {"c": [CYTHON], "py": [PYTHON], "both": [CYTHON, PYTHON]}[choice]
+
+
+def first_difference(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """The index of the first entry (or byte) where two sides differ: the shorter length if one is a prefix of
+    the other. What a harness names when the two things it compares disagree."""
+    return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def fuzz(test_one_input: Callable[[bytes], None]) -> None:

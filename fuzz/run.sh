@@ -11,7 +11,8 @@
 # copy of this checkout with VRING_FUZZ=1 (clang, -fsanitize=fuzzer-no-link) into that environment.
 # Each harness grows its corpus in fuzz/work/corpus/<name> from the seeds in fuzz/corpus/<name>; crashing
 # inputs go to fuzz/crashes/<name>-crash-*; the full log of a run is fuzz/work/<name>.log.
-# FUZZ_TWINS=c|py|both picks the twin of the single-twin harnesses (default c, the Cython core).
+# FUZZ_TWINS=c|py|both picks the twin of the single-twin harnesses (default c, the Cython core). FUZZ_JOBS harnesses
+# run at once (default: the number of cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,28 +52,47 @@ if [ "$(cat "$VENV/.vring-fuzz-stamp" 2>/dev/null)" != "$stamp" ]; then
 fi
 
 mkdir -p fuzz/crashes fuzz/work/corpus
-failed=()
-for name in "${HARNESSES[@]}"; do
-    corpus=fuzz/work/corpus/$name
-    mkdir -p "$corpus"
-    log=fuzz/work/$name.log
-    echo "--- fuzz $name: ${SECONDS_EACH} s"
-    status=0
+
+run_harness() {  # run one harness for SECONDS_EACH; its exit status goes to fuzz/work/<name>.status
+    local name=$1 status=0
+    mkdir -p "fuzz/work/corpus/$name"
     # -timeout: one input running longer than that is a hang (a crash); the harness bounds each call far lower.
     LD_PRELOAD="$PWD/$runtime" "$VENV/bin/python" "fuzz/fuzz_$name.py" -max_total_time="$SECONDS_EACH" \
-        -timeout=60 -print_final_stats=1 -artifact_prefix="fuzz/crashes/$name-" "$corpus" "fuzz/corpus/$name" \
-        >"$log" 2>&1 || status=$?
+        -timeout=60 -print_final_stats=1 -artifact_prefix="fuzz/crashes/$name-" "fuzz/work/corpus/$name" \
+        "fuzz/corpus/$name" >"fuzz/work/$name.log" 2>&1 || status=$?
+    echo "$status" >"fuzz/work/$name.status"
+}
+
+report() {  # one line of what a finished harness did; the failure's lines from its log if it failed
+    local name=$1 log=fuzz/work/$1.log status done_line execs cov
+    status=$(cat "fuzz/work/$name.status" 2>/dev/null || echo "unknown: the harness's runner died")
     done_line=$(grep -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE|INITED)' "$log" | tail -1 || true)
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
     cov=$(sed -n 's/.* cov: \([0-9]*\) ft: \([0-9]*\) corp: \([^ ]*\) .*/cov \1, features \2, corpus \3/p' \
         <<<"$done_line")
-    if [ "$status" -ne 0 ]; then
+    if [ "$status" != 0 ]; then
         echo "fuzz $name: FAILED (exit $status) after ${execs:-?} executions; ${cov:-no coverage line}"
         grep -E -A12 '=== Uncaught Python exception|ERROR: libFuzzer|Test unit written' "$log" | head -40 || true
         failed+=("$name")
     else
         echo "fuzz $name: ${execs:-?} executions in ${SECONDS_EACH} s; ${cov:-no coverage line}"
     fi
+}
+
+# FUZZ_JOBS harnesses at a time (default: one per core), each a single process on its own core.
+jobs=${FUZZ_JOBS:-$(nproc)}
+failed=()
+for ((i = 0; i < ${#HARNESSES[@]}; i += jobs)); do
+    batch=("${HARNESSES[@]:i:jobs}")
+    echo "--- fuzz ${batch[*]}: ${SECONDS_EACH} s each, at once"
+    for name in "${batch[@]}"; do
+        rm -f "fuzz/work/$name.status"
+        run_harness "$name" &
+    done
+    wait
+    for name in "${batch[@]}"; do
+        report "$name"
+    done
 done
 
 if [ ${#failed[@]} -ne 0 ]; then
