@@ -4,7 +4,9 @@ same requests get the same answers whichever executor serves them; data is check
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import select
 import struct
 import threading
@@ -25,6 +27,7 @@ from vring.devices.image import Image
 from vring.drivers.blk import BlkClient
 from vring.vhost_user import VhostUserBackend
 from vring.vhost_user.frontend import Frontend
+from vring.vhost_user.protocol import U64, Request
 
 from support.backends import vring_blk
 
@@ -36,18 +39,22 @@ EXECUTORS = ["io_uring", "threads", "sync", "python"]  # "python": the generic w
 
 
 class RecordingBlk(BlkDevice):
-    """A BlkDevice that keeps the executors it made (or makes none: the generic worker serves it)."""
+    """A BlkDevice that keeps the executors it made, and the queue indices of each (or makes none: the generic
+    worker serves it)."""
 
-    def __init__(self, *args: Any, executor: str, made: list[Any], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, executor: str, made: list[Any], queues_per_thread: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, aio=None if executor == "python" else executor, **kwargs)
+        self.queues_per_thread = queues_per_thread  # what the connection groups the rings by
         self.generic = executor == "python"
         self.made = made
+        self.groups: list[tuple[int, ...]] = []  # the queue indices of each executor made, in order
 
     def make_worker(self, rings, stop_fd):
         if self.generic:
             return None
         executor = super().make_worker(rings, stop_fd)
         self.made.append(executor)
+        self.groups.append(tuple(index for index, *_ in rings))
         return executor
 
 
@@ -258,6 +265,36 @@ def test_request_rules(serve, image, executor):
 
 
 @pytest.mark.parametrize("executor", EXECUTORS)
+def test_what_an_answer_cannot_tell_is_logged_alike(serve, executor, caplog):
+    """A request with no status byte or a short header, and an I/O the image refuses, are each one warning
+    line of vring.blk, the same whoever serves (the C executor calls the device's own lines)."""
+    server = serve(executor)
+    frontend, client = server.client()
+    q = client.queues[0]
+    caplog.set_level(logging.WARNING, logger="vring.blk")
+    try:
+        request(frontend, q, [header(T_FLUSH)], [])
+        request(frontend, q, [header(T_IN)[:8]], [1])
+        full = os.open("/dev/full", os.O_WRONLY)  # every write fails with ENOSPC
+        try:
+            os.dup2(full, server.image.fd)
+        finally:
+            os.close(full)
+        (status,), _ = request(frontend, q, [header(T_OUT, 4), b"x" * 512], [1])
+        assert status == bytes([S_IOERR])
+        (status,), _ = request(frontend, q, [header(T_WRITE_ZEROES), DISCARD_SEG.pack(8, 2, 0)], [1])
+        assert status == bytes([S_IOERR])
+    finally:
+        frontend.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "vring.blk"]
+    enospc = f"I/O error on {server.image.path}: [Errno 28] No space left on device"
+    assert len(lines) == 4, lines
+    assert re.fullmatch(r"queue 0: request \d+ has no status byte; completed without an answer", lines[0])
+    assert re.fullmatch(r"queue 0: request \d+ header is 8 bytes, not 16", lines[1])
+    assert lines[2:] == [enospc, enospc]
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
 def test_read_only_device(serve, image, executor):
     os.chmod(image, 0o444)
     server = serve(executor, read_only=True)
@@ -330,7 +367,7 @@ def test_stop_eventfd_wakes_an_idle_worker_promptly(serve):
         done = threading.Event()
 
         def stop() -> None:
-            frontend.stop_queue(1)  # both workers quiesce (and one restarts) before the answer
+            frontend.stop_queue(1)  # queue 1's worker, idle, quiesces before the answer
             done.set()
 
         started = time.monotonic()
@@ -338,6 +375,50 @@ def test_stop_eventfd_wakes_an_idle_worker_promptly(serve):
         assert done.wait(5), "an idle worker did not wake for its stop eventfd"
         assert time.monotonic() - started < 5
         assert client.read(1, 1)  # queue 0's worker was restarted
+    finally:
+        frontend.close()
+
+
+@pytest.mark.parametrize("per_thread", [1, 2])
+def test_a_message_about_one_ring_restarts_only_its_groups_worker(serve, per_thread):
+    """SET_VRING_CALL and GET_VRING_BASE for queue 3 quiesce the worker of queue 3's group and no other: queue
+    0's worker serves on, never restarted, while the messages come and after them."""
+    server = serve("io_uring", num_queues=4, queues_per_thread=per_thread)
+    frontend, client = server.client(queues=4)
+    device = server.devices[0]
+    try:
+        started = list(device.groups)
+        # The set-up: SET_VRING_ENABLE k starts queue k's group (with the rings of it that run), and no other;
+        # SET_STATUS (DRIVER_OK), a message about the whole device, restarts every group.
+        if per_thread == 1:
+            assert started == [(0,), (1,), (2,), (3,)] * 2
+        else:
+            assert started == [(0,), (0, 1), (2,), (2, 3), (0, 1), (2, 3)]
+        groups = sorted(set(started[-4 // per_thread:]))
+        first = len(started)
+        stop = threading.Event()
+        reads = [0]
+
+        def read_queue0() -> None:  # client.read uses queue 0; this thread alone uses the client meanwhile
+            while not stop.is_set():
+                assert client.read(reads[0] % SECTORS, 1)
+                reads[0] += 1
+
+        thread = threading.Thread(target=read_queue0)
+        thread.start()
+        try:
+            for _ in range(20):
+                frontend.request(Request.SET_VRING_CALL, U64.pack(3), [client.queues[3].call])
+        finally:
+            stop.set()
+            thread.join(10)
+        assert not thread.is_alive() and reads[0] > 0
+        assert device.groups[first:] == [groups[-1]] * 20  # queue 3's group, restarted with its new call fd
+        frontend.stop_queue(3)
+        after = [(2,)] if per_thread == 2 else []  # queue 2 goes on alone
+        assert device.groups[first + 20:] == after
+        assert client.read(0, 1)
+        assert len(device.groups) == first + 20 + len(after)  # and queue 0's worker served that read
     finally:
         frontend.close()
 
@@ -352,16 +433,21 @@ def test_no_fd_or_thread_leak_over_many_connections(serve, executor):
         frontend.close()
         os.close(frontend.memfd)  # the front-end keeps its memory for a reconnect
 
+    def at_rest(threads: int) -> int:
+        """The open fds once only ``threads`` run: a connection's thread closes what it holds after the
+        front-end went, then ends."""
+        deadline = time.monotonic() + 10
+        while threading.active_count() > threads and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert threading.active_count() == threads
+        return len(os.listdir("/proc/self/fd"))
+
+    threads = threading.active_count()  # the server's accept loop runs; no connection yet
     cycle()
-    time.sleep(0.2)
-    fds, threads = len(os.listdir("/proc/self/fd")), threading.active_count()
+    fds = at_rest(threads)
     for _ in range(1000):
         cycle()
-    deadline = time.monotonic() + 10
-    while threading.active_count() > threads and time.monotonic() < deadline:
-        time.sleep(0.05)  # the last connection's thread closes after the front-end went
-    assert threading.active_count() == threads
-    assert len(os.listdir("/proc/self/fd")) == fds
+    assert at_rest(threads) == fds
 
 
 @pytest.mark.parametrize("aio,cache", [("io_uring", "writeback"), ("threads", "none"), ("sync", "writeback"),

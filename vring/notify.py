@@ -12,8 +12,10 @@ Both work with either twin and either layout: they use only the queues' public m
 
 from __future__ import annotations
 
+import errno
 import os
 import select
+import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -47,11 +49,44 @@ class RingError(Exception):
 
 
 def read_eventfd(fd: int) -> int:
-    """Consume a non-blocking eventfd's counter; 0 if nothing was signalled."""
+    """Consume an eventfd's counter, never waiting: 0 if nothing was signalled.
+
+    A peer's eventfd shares its file description with the peer (SCM_RIGHTS), O_NONBLOCK included, so the peer
+    may clear the flag we set: the read asks RWF_NOWAIT itself (on a kernel without it for eventfds, it reads
+    only what poll shows)."""
+    value = bytearray(8)
+    try:
+        if os.preadv(fd, [value], -1, os.RWF_NOWAIT) == 8:
+            return int.from_bytes(value, sys.byteorder)
+        return 0
+    except BlockingIOError:
+        return 0
+    except OSError as exc:
+        if exc.errno != errno.EOPNOTSUPP:
+            raise
+    if not _ready(fd, select.POLLIN):
+        return 0
     try:
         return os.eventfd_read(fd)
     except BlockingIOError:
         return 0
+
+
+def signal_eventfd(fd: int) -> None:
+    """Add 1 to an eventfd unless its counter is full (the other side then has a notification pending anyway).
+    Poll is asked first: a peer's eventfd may have been made blocking by the peer (see ``read_eventfd``)."""
+    if not _ready(fd, select.POLLOUT):
+        return
+    try:
+        os.eventfd_write(fd, 1)
+    except BlockingIOError:
+        pass
+
+
+def _ready(fd: int, event: int) -> bool:
+    poller = select.poll()
+    poller.register(fd, event)
+    return any(revents & event for _, revents in poller.poll(0))
 
 
 def wait_for_used(drivers: Sequence[Any], call_fds: Sequence[int], deadline: float,

@@ -14,6 +14,8 @@ cdef extern from "<errno.h>" nogil:
     int errno
     enum: EINTR
     enum: EIO
+    enum: ENOMEM
+    enum: EAGAIN
     enum: EINVAL
 
 cdef extern from "<stdlib.h>" nogil:
@@ -69,6 +71,13 @@ cdef enum:
     OP_WRITE = 2
     OP_FLUSH = 3
 
+cdef enum:                           # what a request's answer does not tell, for the device's log (BLK_NOTICES)
+    NOTICE_NONE = 0
+    NOTICE_NO_STATUS = 1             # no writable byte: completed with nothing written
+    NOTICE_SHORT_HEADER = 2          # value: the readable bytes
+    NOTICE_IO_ERROR = 3              # value: the errno of the failed I/O
+BLK_NOTICES = {"no-status": NOTICE_NO_STATUS, "short-header": NOTICE_SHORT_HEADER, "io-error": NOTICE_IO_ERROR}
+
 
 ctypedef struct BlkReq:
     BlkReq *next                     # the free list, the pool's queue or a list of completions
@@ -86,10 +95,13 @@ ctypedef struct BlkReq:
     int iov_cap
     iovec bounce                     # an aligned copy of the data (O_DIRECT with unaligned guest buffers)
     long long result                 # bytes moved, or -errno
+    uint8_t notice                   # NOTICE_*: told to the device's notice callback once answered
+    long long notice_value
 
 
 ctypedef struct BlkIo:               # the image, how requests on it are served, and the pool of threads doing it
     int fd
+    int zero_fd                      # the image through the page cache: write-zeroes' writes need no alignment
     uint64_t size                    # bytes (whole sectors)
     bint read_only
     bint writeback                   # else every write is made durable before it completes
@@ -107,7 +119,8 @@ ctypedef struct BlkIo:               # the image, how requests on it are served,
 
 
 cdef inline void blk_iov_skip(iovec **iov, int *n, size_t skip) noexcept nogil:
-    """Advance an iovec array past ``skip`` bytes (it is the request's own copy: modified in place)."""
+    """Advance an iovec array past ``skip`` bytes (modified in place: the request's own array of guest buffers,
+    which nothing reads after its I/O, or a copy of its bounce buffer's)."""
     while n[0] and skip >= iov[0][0].iov_len:
         skip -= iov[0][0].iov_len
         iov[0] += 1
@@ -120,13 +133,15 @@ cdef inline void blk_iov_skip(iovec **iov, int *n, size_t skip) noexcept nogil:
 cdef inline void blk_exec(BlkIo *io, BlkReq *r) noexcept nogil:
     """Do ``r``'s I/O synchronously from ``r.done`` on; ``r.result`` = the data bytes moved in all, or -errno."""
     cdef iovec *iov
+    cdef iovec bounce
     cdef int n
     cdef ssize_t got
     if r.op == OP_FLUSH:
         r.result = 0 if fdatasync(io.fd) == 0 else -errno
         return
     if r.bounce.iov_base != NULL:
-        iov = &r.bounce
+        bounce = r.bounce  # skipped on a copy: the request's own must keep pointing at its allocation
+        iov = &bounce
         n = 1
     else:
         iov = r.iov

@@ -51,6 +51,12 @@ cdef inline void blk_answer(BlkReq *req, uint8_t status, uint32_t written) noexc
     req.written = written
 
 
+cdef inline void blk_tell(BlkReq *req, uint8_t notice, long long value) noexcept nogil:
+    """Something ``req``'s answer does not tell the driver, for the device's log (NOTICE_*)."""
+    req.notice = notice
+    req.notice_value = value
+
+
 cdef bint blk_parse(BlkIo *io, DevQueue *q, MemMap *m, BlkReq *req) noexcept nogil:
     """Parse the chain dev_peek just walked (``q.segs``) into ``req``, as Request.parse does, and serve what needs
     no I/O as BlkDevice._serve does (``blk_answer``); True if ``req`` is an I/O to issue."""
@@ -59,8 +65,9 @@ cdef bint blk_parse(BlkIo *io, DevQueue *q, MemMap *m, BlkReq *req) noexcept nog
     cdef uint32_t rtype, first_w = 0, data_len
     cdef uint64_t sector
     if q.writable_len < 1:
-        req.status_ptr = NULL  # nowhere to answer: completed with nothing written (the Python device logs it)
+        req.status_ptr = NULL  # nowhere to answer: completed with nothing written
         blk_answer(req, BLK_S_IOERR, 0)
+        blk_tell(req, NOTICE_NO_STATUS, 0)
         return False
     while first_w < q.nseg and not q.segs[first_w].writable:
         first_w += 1
@@ -68,6 +75,7 @@ cdef bint blk_parse(BlkIo *io, DevQueue *q, MemMap *m, BlkReq *req) noexcept nog
     req.status_ptr = blk_seg_host(m, last) + last.len - 1
     if q.readable_len < BLK_HEADER_BYTES:
         blk_answer(req, BLK_S_IOERR, 1)
+        blk_tell(req, NOTICE_SHORT_HEADER, q.readable_len)
         return False
     blk_copy_out(m, q, 0, 0, header, BLK_HEADER_BYTES)
     memcpy(&rtype, header, 4)
@@ -106,7 +114,7 @@ cdef bint blk_parse(BlkIo *io, DevQueue *q, MemMap *m, BlkReq *req) noexcept nog
         if io.read_only:
             blk_answer(req, BLK_S_IOERR, 1)
         else:
-            blk_answer(req, blk_discard_or_zero(io, q, m, rtype, q.readable_len - BLK_HEADER_BYTES), 1)
+            blk_answer(req, blk_discard_or_zero(io, q, m, req, rtype, q.readable_len - BLK_HEADER_BYTES), 1)
         return False
     else:
         blk_answer(req, BLK_S_UNSUPP, 1)
@@ -115,6 +123,8 @@ cdef bint blk_parse(BlkIo *io, DevQueue *q, MemMap *m, BlkReq *req) noexcept nog
     req.length = data_len
     req.done = 0
     req.result = 0
+    if data_len == 0 and req.op == OP_WRITE and not io.writeback:
+        req.op = OP_FLUSH  # nothing to write, but writethrough makes it durable, as BlkDevice._serve does
     if data_len == 0 and req.op != OP_FLUSH:
         blk_answer(req, BLK_S_OK, req.written)
         return False
@@ -193,12 +203,14 @@ cdef void blk_get_id(BlkIo *io, DevQueue *q, MemMap *m, BlkReq *req, uint32_t fi
         i += 1
     blk_answer(req, BLK_S_OK, n + 1)
 
-cdef uint8_t blk_discard_or_zero(BlkIo *io, DevQueue *q, MemMap *m, uint32_t rtype,
+cdef uint8_t blk_discard_or_zero(BlkIo *io, DevQueue *q, MemMap *m, BlkReq *req, uint32_t rtype,
                                  uint32_t length) noexcept nogil:
-    """BlkDevice._discard_or_zero: check every segment first, then punch or zero each (synchronously)."""
+    """BlkDevice._discard_or_zero: check every segment first, then punch or zero each (synchronously); a write
+    that fails is told as an I/O error."""
     cdef unsigned char payload[BLK_MAX_DISCARD_SEG * BLK_DISCARD_SEG_BYTES]
     cdef uint64_t sector
     cdef uint32_t count, flags, k, nsegs = length // BLK_DISCARD_SEG_BYTES
+    cdef int failed
     if length == 0 or length % BLK_DISCARD_SEG_BYTES or nsegs > BLK_MAX_DISCARD_SEG:
         return BLK_S_IOERR
     blk_copy_out(m, q, 0, BLK_HEADER_BYTES, payload, length)
@@ -218,8 +230,11 @@ cdef uint8_t blk_discard_or_zero(BlkIo *io, DevQueue *q, MemMap *m, uint32_t rty
         memcpy(&count, payload + k * 16 + 8, 4)
         if rtype == BLK_T_DISCARD:
             blk_punch(io, sector * BLK_SECTOR, <uint64_t>count * BLK_SECTOR)  # best effort: data undefined
-        elif blk_zero_range(io, sector * BLK_SECTOR, <uint64_t>count * BLK_SECTOR) < 0:
-            return BLK_S_IOERR
+        else:
+            failed = blk_zero_range(io, sector * BLK_SECTOR, <uint64_t>count * BLK_SECTOR)
+            if failed:
+                blk_tell(req, NOTICE_IO_ERROR, failed)
+                return BLK_S_IOERR
     return BLK_S_OK
 
 cdef bint blk_punch(BlkIo *io, uint64_t offset, uint64_t length) noexcept nogil:
@@ -228,23 +243,25 @@ cdef bint blk_punch(BlkIo *io, uint64_t offset, uint64_t length) noexcept nogil:
     return fallocate(io.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, <long>offset, <long>length) == 0
 
 cdef int blk_zero_range(BlkIo *io, uint64_t offset, uint64_t length) noexcept nogil:
-    """Zeros over [offset, offset + length): a hole where the file system punches one, else written."""
+    """Zeros over [offset, offset + length): a hole where the file system punches one, else written. 0, or the
+    errno of the failure."""
     cdef void *zeros = NULL
     cdef size_t chunk = 1 << 16
     cdef ssize_t n
+    cdef int failed = 0
     if blk_punch(io, offset, length):
         return 0
     if posix_memalign(&zeros, 4096, chunk) != 0:
-        return -1
+        return ENOMEM
     memset(zeros, 0, chunk)
     while length:
-        n = pwrite(io.fd, zeros, min(<uint64_t>chunk, length), <long>offset)
+        n = pwrite(io.zero_fd, zeros, min(<uint64_t>chunk, length), <long>offset)
+        if n < 0 and errno == EINTR:
+            continue
         if n <= 0:
-            if n < 0 and errno == EINTR:
-                continue
-            free(zeros)
-            return -1
+            failed = errno if n < 0 else EIO  # no progress is an error too, never a loop
+            break
         offset += n
         length -= n
     free(zeros)
-    return 0
+    return failed

@@ -12,8 +12,9 @@ ctypedef struct BlkRing:
     int call
     uint32_t inflight                # requests submitted and not completed
     bint broken
+    bint reported                    # its position was returned by run (or it came broken)
     bint pushed                      # used elements written since the last publish
-    bint armed                       # notifications enabled: the driver kicks
+    bint armed                       # notifications enabled (by this loop): the driver kicks
     ChainError err
 
 
@@ -21,9 +22,13 @@ cdef class BlkWorker:
     """A virtio-blk device's executor for a group of rings (vring.vhost_user.worker.Executor).
 
     ``rings`` are (device queue, kick fd, call fd); ``fd`` is the image (opened O_DIRECT when ``align`` is not 0:
-    guest buffers not aligned to it are bounced), ``size`` its bytes; ``serial`` is what GET_ID answers;
+    guest buffers not aligned to it are bounced), ``zero_fd`` the image through the page cache for write-zeroes
+    (default ``fd``), ``size`` its bytes; ``serial`` is what GET_ID answers;
     ``punch_holes`` is false for a block device (discard and write-zeroes then write zeros, as BlkDevice does).
     ``aio`` is a BLK_AIO_MODES key. ``run`` serves until ``stop_fd`` is readable (see its docstring).
+    ``notice(kind, position, head, value)``, if given, is called (with the GIL, from the loop) for what a
+    request's answer does not tell the driver: ``kind`` a BLK_NOTICES value, ``position`` the ring's, ``head``
+    the chain's, ``value`` the readable bytes of a short header or the errno of a failed I/O.
     """
 
     cdef BlkRing *rings
@@ -47,6 +52,8 @@ cdef class BlkWorker:
     cdef uint64_t submit_seq
     cdef uint64_t last_done_seq        # the latest submission number completed so far
     cdef uint64_t *seq                 # per request: its submission number
+    cdef bint unsubmitted              # io_uring refused a submission (busy): retried each round
+    cdef object notice                 # the notice callback, or None
 
     def __cinit__(self):
         self.io = <BlkIo *>calloc(1, sizeof(BlkIo))
@@ -57,7 +64,8 @@ cdef class BlkWorker:
         pthread_cond_init(&self.io.wake, NULL)
 
     def __init__(self, rings, int fd, unsigned long long size, *, bint read_only=False, bint writeback=True,
-                 unsigned int align=0, bytes serial=b"", aio="io_uring", int stop_fd=-1, bint punch_holes=True):
+                 unsigned int align=0, bytes serial=b"", aio="io_uring", int stop_fd=-1, bint punch_holes=True,
+                 notice=None, int zero_fd=-1):
         cdef int err = 0, i
         cdef DeviceQueue queue
         cdef uint32_t total = 0, entries = 1
@@ -67,6 +75,7 @@ cdef class BlkWorker:
             raise ValueError(f"align must be a power of two, not {align}")
         self.mode = BLK_AIO_MODES[aio]
         self.io.fd = fd
+        self.io.zero_fd = fd if zero_fd < 0 else zero_fd
         self.io.writeback = writeback
         self.io.align = align
         self.io.read_only = read_only
@@ -75,6 +84,7 @@ cdef class BlkWorker:
         self.io.serial_len = min(len(serial), BLK_ID_BYTES)
         memcpy(self.io.serial, <const char *>serial, self.io.serial_len)
         self.stop_fd = stop_fd
+        self.notice = notice
         self.queues = []
         rings = list(rings)
         self.rings = <BlkRing *>calloc(max(1, len(rings)), sizeof(BlkRing))
@@ -87,7 +97,10 @@ cdef class BlkWorker:
             self.rings[i].kick = kick
             self.rings[i].call = call
             self.rings[i].broken = queue.broken
-            self.rings[i].armed = queue.q.notify_enabled
+            self.rings[i].reported = queue.broken
+            # Not armed, whatever the queue believes: the first idle round writes the ring's flags (or its event
+            # suppression), which a worker stopped while disarmed, or the back-end before a restart, left off.
+            self.rings[i].armed = False
             self.queues.append(queue)
             self.nrings += 1
             total += queue.q.size
@@ -179,11 +192,12 @@ cdef class BlkWorker:
         cdef DeviceQueue queue
         if self.rings == NULL:
             raise RuntimeError("the worker is closed")
-        for i in range(self.nrings):
+        for i in range(self.nrings):  # every check first: one that raises leaves nothing held
             queue = self.queues[i]
             if not self.rings[i].broken:
                 queue._check()  # rebinds the ring if guest memory changed
-            self.rings[i].held = queue.mem._hold()
+        for i in range(self.nrings):
+            self.rings[i].held = (<DeviceQueue>self.queues[i]).mem._hold()
             dev_enter(self.rings[i].q)
         with nogil:
             r = self._serve_loop()
@@ -194,8 +208,9 @@ cdef class BlkWorker:
 
     # -- the loop --------------------------------------------------------------------------------------------
     cdef int _serve_loop(self) noexcept nogil:
-        """-1 once stopped and drained, or the position of a ring found malformed."""
-        cdef int i, nfds, failed = -1
+        """-1 once stopped and drained, or the position of a ring found malformed (one at a time: each is
+        returned once)."""
+        cdef int i, nfds, failed
         cdef uint64_t count
         cdef bint progress
         while True:
@@ -204,11 +219,10 @@ cdef class BlkWorker:
                 for i in range(self.nrings):
                     if not self.rings[i].broken and self._pop_ring(i):
                         progress = True
-                        if self.rings[i].broken and failed < 0:
-                            failed = i
-                self._submit_uring()
+            self._submit_uring()  # stopping too: what is queued must reach the kernel to complete
             progress = self._finish_answered() or progress
             self._publish_rings()
+            failed = self._unreported_failure()
             if failed >= 0:
                 return failed
             if self.stopping and self.inflight == 0:
@@ -234,8 +248,11 @@ cdef class BlkWorker:
                         nfds += 1
             for i in range(nfds):
                 self.fds[i].revents = 0
-            if poll(self.fds, nfds, -1) < 0 and errno != EINTR:
-                return -1  # cannot happen with valid fds; nothing better to do than stop
+            # A refused submission is retried in a millisecond; otherwise nothing happens until an fd says so.
+            if poll(self.fds, nfds, 1 if self.unsubmitted else -1) < 0:
+                if errno != EINTR:
+                    poll(NULL, 0, 10)  # ENOMEM, say: look at every ring again shortly, never spin
+                continue
             if self.fds[0].revents and self.mode == AIO_THREADS:
                 c_read(self.io.done_fd, &count, 8)
             if not self.stopping:
@@ -245,9 +262,18 @@ cdef class BlkWorker:
                 for i in range(self.nrings):
                     if not self.rings[i].broken:
                         if self.fds[nfds].revents:
-                            c_read(self.rings[i].kick, &count, 8)  # non-blocking: EAGAIN if raced
+                            peer_eventfd_take(self.rings[i].kick)
                             self._disarm_ring(i)
                         nfds += 1
+
+    cdef int _unreported_failure(self) noexcept nogil:
+        """The position of a ring found malformed and not yet returned by run (now marked returned), or -1."""
+        cdef int i
+        for i in range(self.nrings):
+            if self.rings[i].broken and not self.rings[i].reported:
+                self.rings[i].reported = True
+                return i
+        return -1
 
     cdef bint _arm_rings(self) noexcept nogil:
         """Ask every ring's driver to kick again; True if one already has chains (serve them first)."""
@@ -290,6 +316,7 @@ cdef class BlkWorker:
             req.next = NULL
             req.ring = i
             req.head = head
+            req.notice = NOTICE_NONE
             ring.inflight += 1
             self.inflight += 1
             if blk_parse(self.io, ring.q, &ring.held, req):
@@ -309,6 +336,17 @@ cdef class BlkWorker:
         else:
             self.answered = req
         self.answered_tail = req
+        if req.notice != NOTICE_NONE:
+            self._tell(req)
+
+    cdef void _tell(self, BlkReq *req) noexcept nogil:
+        """Hand ``req``'s notice to the callback: a rare path (a malformed request, a failed I/O), so the GIL is
+        taken for it. What the callback raises is printed as unraisable (this is noexcept); the loop goes on."""
+        cdef uint8_t notice = req.notice
+        req.notice = NOTICE_NONE
+        with gil:
+            if self.notice is not None:
+                self.notice(notice, req.ring, req.head, req.notice_value)
 
     # -- I/O -----------------------------------------------------------------------------------------------
     cdef void _issue(self, BlkReq *req) noexcept nogil:
@@ -344,12 +382,15 @@ cdef class BlkWorker:
         self._complete_io(req)
 
     cdef void _submit_uring(self) noexcept nogil:
+        """Hand what is queued to the kernel; if it refuses for now (-EBUSY, -EAGAIN: completions to reap
+        first), the entries stay queued and ``unsubmitted`` has the loop try again shortly."""
         cdef int r
         if self.mode != AIO_URING:
             return
         while True:
             r = vring_uring_submit(self.uring)
-            if r >= 0 or r != -EINTR:
+            if r != -EINTR:
+                self.unsubmitted = r < 0
                 return
 
     cdef int _reap_completions(self) noexcept nogil:
@@ -361,7 +402,9 @@ cdef class BlkWorker:
         if self.mode == AIO_URING:
             while vring_uring_reap(self.uring, &data, &res):
                 r = &self.reqs[data]
-                if res > 0 and r.op != OP_FLUSH and r.done + <uint32_t>res < r.length:
+                if res == -EAGAIN or res == -EINTR:
+                    blk_exec(self.io, r)  # the kernel would not do it now: synchronously, from r.done
+                elif res > 0 and r.op != OP_FLUSH and r.done + <uint32_t>res < r.length:
                     r.done += res  # short: the rest synchronously
                     blk_exec(self.io, r)
                 elif res == 0 and r.op != OP_FLUSH:
@@ -391,6 +434,7 @@ cdef class BlkWorker:
             self.last_done_seq = s
         if req.result < 0:
             blk_answer(req, BLK_S_IOERR, 1)
+            blk_tell(req, NOTICE_IO_ERROR, -req.result)
         else:
             if req.op == OP_READ and req.bounce.iov_base != NULL:
                 blk_bounce_copy(req, False)
@@ -430,4 +474,4 @@ cdef class BlkWorker:
                 self.rings[i].pushed = False
                 dev_publish(self.rings[i].q)
                 if dev_notify_needed(self.rings[i].q) and self.rings[i].call >= 0:
-                    c_write(self.rings[i].call, &one, 8)  # non-blocking: a full counter has one pending anyway
+                    peer_eventfd_signal(self.rings[i].call)

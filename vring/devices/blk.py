@@ -218,11 +218,10 @@ class BlkDevice(VirtioDevice):
         try:
             request = Request.parse(chain)
         except NoStatusByte:
-            log.warning("queue %d: request %d has no status byte; completed without an answer", queue, chain.head)
+            self.tell_no_status(queue, chain.head)
             return 0
         except ShortHeader as exc:
-            log.warning("queue %d: request %d header is %d bytes, not %d", queue, chain.head, exc.length,
-                        HEADER.size)
+            self.tell_short_header(queue, chain.head, exc.length)
             exc.status[0] = S_IOERR
             return 1
         status, written = self._serve(request)
@@ -260,8 +259,19 @@ class BlkDevice(VirtioDevice):
                 return self._discard_or_zero(rtype, b"".join(bytes(v) for v in data)), 0
             return S_UNSUPP, 0
         except OSError as exc:
-            log.warning("I/O error on %s: %s", self.path, exc)
+            self.tell_io_error(exc)
             return S_IOERR, 0
+
+    # -- what an answer does not tell the driver: one log line each, whoever served the request (the C executor
+    # calls these too, through blk_executor) --------------------------------------------------------------
+    def tell_no_status(self, queue: int, head: int) -> None:
+        log.warning("queue %d: request %d has no status byte; completed without an answer", queue, head)
+
+    def tell_short_header(self, queue: int, head: int, length: int) -> None:
+        log.warning("queue %d: request %d header is %d bytes, not %d", queue, head, length, HEADER.size)
+
+    def tell_io_error(self, exc: OSError) -> None:
+        log.warning("I/O error on %s: %s", self.path, exc)
 
     def _range_ok(self, sector: int, length: int) -> bool:
         if length % SECTOR:
@@ -310,6 +320,8 @@ class BlkDevice(VirtioDevice):
             return
         while length:
             n = os.pwrite(self.fd, ZERO_CHUNK[:min(length, len(ZERO_CHUNK))], offset)
+            if n == 0:  # no progress: an error, never a loop
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
             offset += n
             length -= n
 
@@ -332,7 +344,10 @@ def _read_full(fd: int, views: list[memoryview], offset: int, length: int) -> in
 def _write_full(fd: int, views: list[memoryview], offset: int, length: int) -> None:
     done = 0
     while done < length:
-        done += os.pwritev(fd, _skip(views, done), offset + done)
+        n = os.pwritev(fd, _skip(views, done), offset + done)
+        if n == 0:  # no progress: an error, never a loop
+            raise OSError(errno.EIO, "unexpected end of image")
+        done += n
 
 
 def _split_last_byte(views: list[memoryview]) -> tuple[memoryview, list[memoryview]]:

@@ -75,9 +75,20 @@ def make_executor(device: Any, rings: Sequence[tuple[int, Any, int, int]], stop_
     if engine is None or not all(isinstance(queue, engine.DeviceQueue) for _, queue, _, _ in rings):
         return None
     direct = device.direct_fd >= 0
+    indices = [index for index, _, _, _ in rings]
+    kinds = engine.BLK_NOTICES
+
+    def notice(kind: int, position: int, head: int, value: int) -> None:  # the executor's, as handle's
+        if kind == kinds["no-status"]:
+            device.tell_no_status(indices[position], head)
+        elif kind == kinds["short-header"]:
+            device.tell_short_header(indices[position], head, value)
+        elif kind == kinds["io-error"]:
+            device.tell_io_error(OSError(value, os.strerror(value)))
+
     return engine.BlkWorker([(queue, kick, call) for _, queue, kick, call in rings],
                             device.direct_fd if direct else device.fd, device.size, read_only=device.read_only,
                             writeback=bool(device.writeback),
                             align=direct_alignment(device.logical_block_size) if direct else 0,
                             serial=device.serial, aio=device.aio, stop_fd=stop_fd,
-                            punch_holes=not device.is_block_device)
+                            punch_holes=not device.is_block_device, notice=notice, zero_fd=device.fd)

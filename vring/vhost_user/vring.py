@@ -15,7 +15,7 @@ from .. import create_device_queue, ring_layout
 from .._errors import VringError
 from .._features import Feature
 from ..device import VirtioDevice
-from ..notify import read_eventfd, serve_until_idle
+from ..notify import read_eventfd, serve_until_idle, signal_eventfd
 from .protocol import decode_ring_base, encode_ring_base
 
 log = logging.getLogger("vring.vhost_user")
@@ -114,11 +114,11 @@ class Vring:
     def signal(self) -> None:
         """Interrupt the driver: the device used buffers it asked to hear about."""
         if self.call >= 0:
-            _notify(self.call)
+            signal_eventfd(self.call)
 
     def signal_error(self) -> None:
         if self.err >= 0:
-            _notify(self.err)
+            signal_eventfd(self.err)
 
     # -- serving (by the ring's worker) ---------------------------------------------------------------------
     def kicked(self, stop: threading.Event | None = None) -> None:
@@ -161,13 +161,6 @@ class _Stopped(Exception):
     """The worker was asked to stop between two batches."""
 
 
-def _notify(fd: int) -> None:
-    """Add 1 to a peer's eventfd (made non-blocking when received). A counter at its maximum refuses it (EAGAIN)
-    and is left so: the peer has a notification pending anyway."""
-    try:
-        os.eventfd_write(fd, 1)
-    except BlockingIOError:
-        pass
 
 
 _FILE_KINDS = {stat.S_IFIFO: "a pipe", stat.S_IFSOCK: "a socket", stat.S_IFREG: "a regular file",

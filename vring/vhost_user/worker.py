@@ -9,7 +9,7 @@ with io_uring, which also waits for its I/O completions); otherwise the worker c
 
 ``quiesce`` is how the control path takes a ring back: the worker stops popping, waits for the requests it has
 in flight to complete, pushes them, signals the driver and exits; the connection calls it before any message that
-changes what the worker uses (memory, eventfds, ring state) and starts new workers after it.
+changes what the worker uses (memory, eventfds, ring state) and starts a new worker after it.
 """
 
 from __future__ import annotations
@@ -112,10 +112,10 @@ class Worker:
                     kicked.kicked(self.stopping)
 
 
-def group_rings(rings: Sequence[Vring], per_thread: int) -> list[list[Vring]]:
-    """The rings in groups of queue indices ``per_thread`` wide: with 2, queues 0-1 share a worker, 2-3 the
-    next, and so on (a group has only the rings that run)."""
+def group_rings(rings: Sequence[Vring], per_thread: int) -> dict[int, list[Vring]]:
+    """The rings by group of queue indices ``per_thread`` wide, keyed by index // per_thread: with 2, queues
+    0-1 share a worker (group 0), 2-3 the next, and so on (a group has only the rings that run)."""
     groups: dict[int, list[Vring]] = {}
     for vring in rings:
         groups.setdefault(vring.index // per_thread, []).append(vring)
-    return [groups[k] for k in sorted(groups)]
+    return groups
