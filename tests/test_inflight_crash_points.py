@@ -1,10 +1,15 @@
 """The packed inflight record (vhost-user.rst, "Inflight I/O tracking"): a chain in flight across the ring's end
-given back; both twins.
+given back, and a refused record leaving the one attached in place; both twins.
 """
 
 from __future__ import annotations
 
+import struct
+
 import pytest
+
+from vring import InflightError, QueueState, inflight_region_size
+from vring.testing import DATA, make_pair
 
 from test_inflight import Rig, summary
 
@@ -47,3 +52,24 @@ def test_two_packed_chains_given_back_one_across_the_end(twin):
     for chain in reversed(again):
         r.dev.push(chain.head, 0)
     assert r.reap() == [7, 6]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["split", "packed"])
+def test_a_refused_record_leaves_the_attached_one_recording(twin, packed):
+    p = make_pair(twin, size=8, packed=packed)
+    good = bytearray(inflight_region_size(8, packed))
+    assert p.dev.attach_inflight(good) == 0
+    bad = bytearray(inflight_region_size(8, packed))
+    struct.pack_into("<HH", bad, 8, 1, 4)  # version 1, desc_num 4: another queue's record
+    state = p.dev.state
+    with pytest.raises(InflightError, match="desc_num 4 is not the queue size 8"):
+        p.dev.attach_inflight(bad)
+    assert p.dev.state == state
+    p.drv.add([(DATA, 16)], [], token=1)
+    p.drv.kick_needed()
+    head = p.dev.pop().head
+    entry = 32 + 32 * head if packed else 16 + 16 * head
+    assert good[entry] == 1  # desc[head].inflight: the good record keeps recording
+    dev = type(p.dev)(p.mem, p.layout, p.dev.features)  # and a new device resubmits from it
+    dev.restore(QueueState(0, None, 1) if packed else QueueState(0))
+    assert dev.attach_inflight(good) == 1 and dev.pop().head == head

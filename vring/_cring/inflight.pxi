@@ -149,7 +149,7 @@ cdef void rec_free(InflightRecord *r) noexcept:
 
 
 cdef int rec_alloc(InflightRecord *r, uint32_t size, bint packed) except -1:
-    """Fresh tables for a queue of ``size`` (the old ones freed)."""
+    """Fresh tables for a queue of ``size`` in ``r`` (zeroed, or its old tables freed)."""
     rec_free(r)
     r.links = <uint16_t *>malloc(size * sizeof(uint16_t))
     r.pending = <uint16_t *>malloc(size * sizeof(uint16_t))
@@ -210,20 +210,26 @@ cdef object attach_record(DeviceQueue queue, region):
     cdef uint32_t i, held = 0
     cdef uint16_t *ndesc = queue._ndesc_table()
     cdef Py_buffer buf
+    cdef InflightRecord fresh
     view = region_view(region, q.size, ndesc != NULL)
     for i in range(q.size):
         held += q.inflight[i] != HEAD_FREE
     if held:
         raise caller_error("inflight-busy", held=held)
-    rec_alloc(&q.rec, q.size, ndesc != NULL)
+    # The new tables apart until the record is checked: a record refused leaves the queue with the one it keeps.
+    memset(&fresh, 0, sizeof(InflightRecord))
+    rec_alloc(&fresh, q.size, ndesc != NULL)
+    version = record_version(view)
     try:
-        found = queue._recover_record(view) if record_version(view) else queue._init_record(view)
+        found = queue._recover_record(view) if version else queue._init_record(view)
     except BaseException:
-        rec_free(&q.rec)
+        rec_free(&fresh)
         raise
     queue._detach()
+    rec_free(&q.rec)
+    q.rec = fresh
     rec_fill(&q.rec, found, q.inflight, ndesc)
-    if record_version(view):
+    if version:
         queue._resume(found)
     # The view is ours alone: its export of the region's memory (which keeps a bytearray from resizing and an mmap
     # from closing) lasts as long as we keep it.
