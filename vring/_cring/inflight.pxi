@@ -112,6 +112,7 @@ cdef inline uint16_t packed_rec_used(InflightRecord *r, uint16_t buffer_id, uint
     r.free_head = head
     packed_rec_entry(r, last).next = free_head
     hdr.free_head = head
+    vring_order_record()  # free_head differs from old_free_head before the used slot moves (recover_packed)
     hdr.used_idx = used_idx
     hdr.used_wrap_counter = used_wrap
     return head
@@ -126,6 +127,7 @@ cdef inline void packed_rec_done(InflightRecord *r, uint16_t head, uint16_t used
     packed_rec_entry(r, head).inflight = 0
     vring_order_record()
     hdr.old_free_head = head
+    vring_order_record()  # old_free_head equal to free_head says the push is committed before old_used_* move
     hdr.old_used_idx = used_idx
     hdr.old_used_wrap_counter = used_wrap
 
