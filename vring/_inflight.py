@@ -180,11 +180,22 @@ def _is_avail(flags: int, wrap: int) -> bool:
     return bool(flags & PACKED_DESC_F_AVAIL) == bool(wrap) and bool(flags & PACKED_DESC_F_USED) != bool(wrap)
 
 
+def packed_repair_stores(commit: bool, free_head: int, used_idx: int, used_wrap: int) -> list[tuple[int, str, int]]:
+    """The header stores of a packed record's repair, in the order it makes them: (offset, struct format, value)
+    that make the old_* and the current fields ``free_head``, ``used_idx``, ``used_wrap`` (see recover_packed)."""
+    old = [(PACKED_OLD_FREE_HEAD, "<H", free_head), (PACKED_OLD_USED_IDX, "<H", used_idx),
+           (PACKED_OLD_USED_WRAP, "<B", used_wrap)]
+    current = [(PACKED_USED_WRAP, "<B", used_wrap), (PACKED_USED_IDX, "<H", used_idx),
+               (PACKED_FREE_HEAD, "<H", free_head)]
+    return old + current if commit else current + old
+
+
 def recover_packed(view: memoryview, size: int, ring_flags: Callable[[int], int]) -> PackedRecovery:
     """vhost-user's reconnect procedure for a packed ring: a push the crash interrupted is committed if its used
-    descriptor (the ring entry at old_used_idx, whose flags ``ring_flags(slot)`` reads) was published, else rolled
-    back; entries on the free list are not in flight; the chains still in flight are resubmitted in the order they
-    were fetched. Checks the record whole first (InflightError), then repairs it."""
+    descriptor (the ring entry at old_used_idx, whose flags ``ring_flags(slot)`` reads) was published or the push
+    had begun to complete (old_free_head equal to free_head), else rolled back; entries on the free list are not
+    in flight; the chains still in flight are resubmitted in the order they were fetched. Checks the record whole
+    first (InflightError), then repairs it."""
     (_, version, desc_num, free_head, old_free_head, used_idx, old_used_idx, used_wrap,
      old_used_wrap) = PACKED_HEADER.unpack_from(view)
     _check_header(version, desc_num, size)
@@ -200,9 +211,14 @@ def recover_packed(view: memoryview, size: int, ring_flags: Callable[[int], int]
             raise inflight_error(f"desc[{i}].inflight", flag, "is neither 0 nor 1")
         if nxt > size:
             raise inflight_error(f"desc[{i}].next", nxt, f"is past the end of the list ({size})")
-    if (used_idx, used_wrap) != (old_used_idx, old_used_wrap) and not _is_avail(ring_flags(old_used_idx),
-                                                                                 old_used_wrap):
-        old_free_head, old_used_idx, old_used_wrap = free_head, used_idx, used_wrap  # published: commit
+    # Commit a push whose used descriptor was published. done() stores old_free_head first: equal to free_head, it
+    # says done() started even if the crash left old_used_idx and old_used_wrap_counter apart (then the slot at
+    # old_used_idx is not the published one). Until then they differ: used() first moves free_head to the pushed
+    # chain's head, which was not on the free list; a pop moves old_free_head only once its chain is whole.
+    commit = old_free_head == free_head or ((used_idx, used_wrap) != (old_used_idx, old_used_wrap)
+                                            and not _is_avail(ring_flags(old_used_idx), old_used_wrap))
+    if commit:
+        old_free_head, old_used_idx, old_used_wrap = free_head, used_idx, used_wrap
     free_head, used_idx, used_wrap = old_free_head, old_used_idx, old_used_wrap  # what is still in progress: undo
     free: set[int] = set()
     entry = free_head
@@ -248,10 +264,11 @@ def recover_packed(view: memoryview, size: int, ring_flags: Callable[[int], int]
             raise inflight_error(f"desc[{i}]", "entry", "is neither on the free list nor in a chain in flight")
     counters = [e[4] for e in entries]
     _check_counters(heads, counters)
-    # The repair, in an order a second crash can repeat: the old_* fields, then the current ones, then the entries.
-    struct.pack_into("<HH", view, PACKED_FREE_HEAD, free_head, free_head)
-    struct.pack_into("<HH", view, PACKED_USED_IDX, used_idx, used_idx)
-    struct.pack_into("<BB", view, PACKED_USED_WRAP, used_wrap, used_wrap)
+    # The repair, in an order a second crash decides the same way: a commit writes old_free_head first (equal to
+    # free_head, it commits again); a rollback restores the used slot and its wrap counter before free_head (equal
+    # to old_free_head with them not yet restored, it would commit what it undoes). Then the entries.
+    for at, fmt, value in packed_repair_stores(commit, free_head, used_idx, used_wrap):
+        struct.pack_into(fmt, view, at, value)
     for entry in free:
         view[PACKED_ENTRIES + PACKED_ENTRY.size * entry] = 0
     by_head = {head: buffer_id for buffer_id, head in entry_of.items()}

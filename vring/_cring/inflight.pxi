@@ -112,6 +112,7 @@ cdef inline uint16_t packed_rec_used(InflightRecord *r, uint16_t buffer_id, uint
     r.free_head = head
     packed_rec_entry(r, last).next = free_head
     hdr.free_head = head
+    vring_order_record()  # free_head differs from old_free_head before the used slot moves (recover_packed)
     hdr.used_idx = used_idx
     hdr.used_wrap_counter = used_wrap
     return head
@@ -126,6 +127,7 @@ cdef inline void packed_rec_done(InflightRecord *r, uint16_t head, uint16_t used
     packed_rec_entry(r, head).inflight = 0
     vring_order_record()
     hdr.old_free_head = head
+    vring_order_record()  # old_free_head equal to free_head says the push is committed before old_used_* move
     hdr.old_used_idx = used_idx
     hdr.old_used_wrap_counter = used_wrap
 
@@ -149,7 +151,7 @@ cdef void rec_free(InflightRecord *r) noexcept:
 
 
 cdef int rec_alloc(InflightRecord *r, uint32_t size, bint packed) except -1:
-    """Fresh tables for a queue of ``size`` (the old ones freed)."""
+    """Fresh tables for a queue of ``size`` in ``r`` (zeroed, or its old tables freed)."""
     rec_free(r)
     r.links = <uint16_t *>malloc(size * sizeof(uint16_t))
     r.pending = <uint16_t *>malloc(size * sizeof(uint16_t))
@@ -210,20 +212,26 @@ cdef object attach_record(DeviceQueue queue, region):
     cdef uint32_t i, held = 0
     cdef uint16_t *ndesc = queue._ndesc_table()
     cdef Py_buffer buf
+    cdef InflightRecord fresh
     view = region_view(region, q.size, ndesc != NULL)
     for i in range(q.size):
         held += q.inflight[i] != HEAD_FREE
     if held:
         raise caller_error("inflight-busy", held=held)
-    rec_alloc(&q.rec, q.size, ndesc != NULL)
+    # The new tables apart until the record is checked: a record refused leaves the queue with the one it keeps.
+    memset(&fresh, 0, sizeof(InflightRecord))
+    rec_alloc(&fresh, q.size, ndesc != NULL)
+    version = record_version(view)
     try:
-        found = queue._recover_record(view) if record_version(view) else queue._init_record(view)
+        found = queue._recover_record(view) if version else queue._init_record(view)
     except BaseException:
-        rec_free(&q.rec)
+        rec_free(&fresh)
         raise
     queue._detach()
+    rec_free(&q.rec)
+    q.rec = fresh
     rec_fill(&q.rec, found, q.inflight, ndesc)
-    if record_version(view):
+    if version:
         queue._resume(found)
     # The view is ours alone: its export of the region's memory (which keeps a bytearray from resizing and an mmap
     # from closing) lasts as long as we keep it.

@@ -33,10 +33,10 @@ cdef inline int packed_dev_peek(DevQueue *q, MemMap *m, uint16_t *head_out, Chai
     cdef vring_packed_desc *copies = q.rec.copies if q.rec.region != NULL else NULL
     cdef int r
     if q.rec.left:
-        r = packed_dev_lay_out_kept(q, &wrap, err)
+        r = packed_dev_lay_out_kept(q, &pos, &wrap, err)
         if r:
             return -r
-        ring, pos, expected, copies = q.rec.scratch, 0, HEAD_PENDING, NULL
+        ring, expected, copies = q.rec.scratch, HEAD_PENDING, NULL
     elif not packed_is_avail(packed_flags(ring, pos), wrap):
         return 0
     r = packed_dev_walk(q, m, ring, pos, wrap, expected, copies, head_out, err)
@@ -47,19 +47,29 @@ cdef inline int packed_dev_peek(DevQueue *q, MemMap *m, uint16_t *head_out, Chai
     return r
 
 
-cdef int packed_dev_lay_out_kept(DevQueue *q, uint8_t *wrap, ChainError *err) noexcept nogil:
-    """The next chain an inflight record gave back, laid out in q.rec.scratch as a ring from slot 0 (the slot after
-    it never available) for the walker, which checks it as any chain the driver makes available; ``wrap``: the lap
-    its head says. 0, or the failed check's code."""
+cdef int packed_dev_lay_out_kept(DevQueue *q, uint16_t *pos, uint8_t *wrap, ChainError *err) noexcept nogil:
+    """The next chain an inflight record gave back, laid out in q.rec.scratch as a ring (the slot after it never
+    available) for the walker, which checks it as any chain the driver makes available; ``wrap``: the lap its head
+    says, ``pos``: where it starts. A chain the driver wrote across the ring's end has its later descriptors in
+    the next lap: it starts as many slots before the end as it had there, so that the walker's wrap counter flips
+    where their flags do. 0, or the failed check's code."""
     cdef uint32_t start = q.rec.kept_start[q.rec.pending_pos]
     cdef uint32_t num = q.rec.kept_start[q.rec.pending_pos + 1] - start
-    cdef uint16_t head_flags = q.rec.kept[start].flags
+    cdef const vring_packed_desc *kept = &q.rec.kept[start]
+    cdef uint16_t head_flags = kept[0].flags
+    cdef uint32_t j, first = 0, k
     wrap[0] = (head_flags & PACKED_DESC_F_AVAIL) != 0
-    memcpy(q.rec.scratch, &q.rec.kept[start], num * sizeof(vring_packed_desc))
+    for j in range(1, num):
+        if packed_is_avail(kept[j].flags, wrap[0] ^ 1):
+            first = q.size - j
+            break
+    for k in range(num):
+        q.rec.scratch[(first + k) % q.size] = kept[k]
     if num < q.size:
-        memset(&q.rec.scratch[num], 0, sizeof(vring_packed_desc))
+        memset(&q.rec.scratch[(first + num) % q.size], 0, sizeof(vring_packed_desc))
+    pos[0] = <uint16_t>first
     if not packed_is_avail(head_flags, wrap[0]):
-        return dev_fail(err, CHECK_CHAIN_FLAGS, 0, 0, False, head_flags, wrap[0])
+        return dev_fail(err, CHECK_CHAIN_FLAGS, first, first, False, head_flags, wrap[0])
     return 0
 
 

@@ -124,6 +124,7 @@ class PackedRecord:
         self.links[last] = self.free_head
         self.free_head = head
         _U16.pack_into(region, PACKED_FREE_HEAD, head)
+        # release fence: free_head differs from old_free_head before the used slot moves (recover_packed)
         _U16.pack_into(region, PACKED_USED_IDX, used_idx)
         region[PACKED_USED_WRAP] = used_wrap
         self.used_idx, self.used_wrap = used_idx, used_wrap
@@ -136,5 +137,6 @@ class PackedRecord:
         region[self._entry(self._done_head)] = 0  # desc[head].inflight
         # release fence: the entry is done before old_* say the push is complete
         _U16.pack_into(region, PACKED_OLD_FREE_HEAD, self.free_head)
+        # release fence: old_free_head equal to free_head says the push is committed before old_used_* move
         _U16.pack_into(region, PACKED_OLD_USED_IDX, self.used_idx)
         region[PACKED_OLD_USED_WRAP] = self.used_wrap

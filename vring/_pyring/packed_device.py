@@ -115,16 +115,20 @@ class PackedDeviceQueue(DeviceQueue):
         return self._walk_chain(rings.desc, pos, wrap, 0, [] if self._record is not None else None)
 
     def _peek_resubmitted(self, descs: list[tuple[int, int, int, int]]) -> Chain:
-        """A chain the inflight record kept: its descriptors laid out as a ring from slot 0 (the slot after them
-        never available) and walked with every check of a chain the driver makes available."""
-        scratch = bytearray(DESC_SIZE * self.size)
-        for k, (addr, length, buffer_id, flags) in enumerate(descs):
-            PACKED_DESC.pack_into(scratch, DESC_SIZE * k, addr, length, buffer_id, flags)
+        """A chain the inflight record kept: its descriptors laid out as a ring (the slot after them never
+        available) and walked with every check of a chain the driver makes available. A chain the driver wrote
+        across the ring's end has its later descriptors in the next lap: it starts as many slots before the end as
+        it had there, so that the walker's wrap counter flips where their flags do."""
+        size = self.size
         head_flags = descs[0][3]
         wrap = 1 if head_flags & PACKED_DESC_F_AVAIL else 0
+        first = next((size - j for j in range(1, len(descs)) if is_avail(descs[j][3], wrap ^ 1)), 0)
+        scratch = bytearray(DESC_SIZE * size)  # zeroed: the slot after the chain is never available
+        for k, (addr, length, buffer_id, flags) in enumerate(descs):
+            PACKED_DESC.pack_into(scratch, DESC_SIZE * ((first + k) % size), addr, length, buffer_id, flags)
         if not is_avail(head_flags, wrap):
-            raise chain_error("chain-flags", 0, 0, False, head_flags, wrap)
-        return self._walk_chain(scratch, 0, wrap, PENDING, None)
+            raise chain_error("chain-flags", first, first, False, head_flags, wrap)
+        return self._walk_chain(scratch, first, wrap, PENDING, None)
 
     def _walk_chain(self, ring: Any, pos: int, wrap: int, expected: int,
                     copies: list[tuple[int, int, int, int]] | None) -> Chain:
