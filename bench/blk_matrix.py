@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [g for g in given if g not in allowed]
         if unknown:
             parser.error(f"unknown {name} {unknown[0]!r} (of {', '.join(allowed)})")
+    if args.dir is not None and not os.path.isdir(args.dir):
+        parser.error(f"--dir {args.dir}: no such directory")
     try:
         c_floor = blk_cfloor.build(ROOT / blk_cfloor.RELATIVE_SOURCE)
         backends = vring_backends(args.vring_args)

@@ -26,7 +26,10 @@ cdef class BlkWorker:
     (default ``fd``), ``size`` its bytes; ``serial`` is what GET_ID answers;
     ``punch_holes`` is false for a block device (discard and write-zeroes then write zeros, as BlkDevice does).
     ``aio`` is a BLK_AIO_MODES key. ``run`` serves until ``stop_fd`` is readable (see its docstring).
-    ``notice(kind, position, head, value)``, if given, is called (with the GIL, from the loop) for what a
+    ``poll_ns``: how long at most the loop, run dry, keeps looking at the rings and the I/O completions
+    (notifications still off) before it sleeps in poll(); 0 sleeps at once. Within that, the window adapts, as
+    QEMU's adaptive polling: it doubles after a sleep shorter than ``poll_ns`` (the work came soon: looking
+    longer would have caught it without a wake-up) and halves after a longer one. ``notice(kind, position, head, value)``, if given, is called (with the GIL, from the loop) for what a
     request's answer does not tell the driver: ``kind`` a BLK_NOTICES value, ``position`` the ring's, ``head``
     the chain's, ``value`` the readable bytes of a short header or the errno of a failed I/O.
     """
@@ -53,6 +56,8 @@ cdef class BlkWorker:
     cdef uint64_t last_done_seq        # the latest submission number completed so far
     cdef uint64_t *seq                 # per request: its submission number
     cdef bint unsubmitted              # io_uring refused a submission (busy): retried each round
+    cdef long long poll_ns             # how long an idle loop looks before it sleeps: adapted, up to poll_max_ns
+    cdef long long poll_max_ns
     cdef object notice                 # the notice callback, or None
 
     def __cinit__(self):
@@ -65,7 +70,7 @@ cdef class BlkWorker:
 
     def __init__(self, rings, int fd, unsigned long long size, *, bint read_only=False, bint writeback=True,
                  unsigned int align=0, bytes serial=b"", aio="io_uring", int stop_fd=-1, bint punch_holes=True,
-                 notice=None, int zero_fd=-1):
+                 notice=None, int zero_fd=-1, long long poll_ns=0):
         cdef int err = 0, i
         cdef DeviceQueue queue
         cdef uint32_t total = 0, entries = 1
@@ -85,6 +90,8 @@ cdef class BlkWorker:
         memcpy(self.io.serial, <const char *>serial, self.io.serial_len)
         self.stop_fd = stop_fd
         self.notice = notice
+        self.poll_max_ns = max(0, poll_ns)
+        self.poll_ns = self.poll_max_ns // 4
         self.queues = []
         rings = list(rings)
         self.rings = <BlkRing *>calloc(max(1, len(rings)), sizeof(BlkRing))
@@ -213,6 +220,7 @@ cdef class BlkWorker:
         cdef int i, nfds, failed
         cdef uint64_t count
         cdef bint progress
+        cdef long long slept
         while True:
             progress = self._reap_completions() > 0
             if not self.stopping:
@@ -229,6 +237,8 @@ cdef class BlkWorker:
                 return -1
             if progress:
                 continue
+            if not self.stopping and self._look_briefly():
+                continue  # a driver that keeps its ring busy needs no kick, and we need no wake-up
             if not self.stopping and self._arm_rings():
                 continue  # the driver added chains while we were deciding to sleep
             nfds = 0
@@ -249,10 +259,12 @@ cdef class BlkWorker:
             for i in range(nfds):
                 self.fds[i].revents = 0
             # A refused submission is retried in a millisecond; otherwise nothing happens until an fd says so.
+            slept = now_ns()
             if poll(self.fds, nfds, 1 if self.unsubmitted else -1) < 0:
                 if errno != EINTR:
                     poll(NULL, 0, 10)  # ENOMEM, say: look at every ring again shortly, never spin
                 continue
+            self._adapt_polling(now_ns() - slept)
             if self.fds[0].revents and self.mode == AIO_THREADS:
                 c_read(self.io.done_fd, &count, 8)
             if not self.stopping:
@@ -265,6 +277,43 @@ cdef class BlkWorker:
                             peer_eventfd_take(self.rings[i].kick)
                             self._disarm_ring(i)
                         nfds += 1
+
+    cdef bint _look_briefly(self) noexcept nogil:
+        """Look at the rings and the completions for up to ``poll_ns`` before sleeping: True as soon as there is
+        work. A wake-up from poll() costs tens of microseconds on an idle machine; this is what keeps a ring
+        with one request at a time from paying it on every request."""
+        cdef int i
+        cdef long long deadline
+        if self.poll_ns == 0:
+            return False
+        deadline = now_ns() + self.poll_ns
+        while True:
+            for i in range(self.nrings):
+                if not self.rings[i].broken and dev_avail_pending(self.rings[i].q):
+                    return True
+            if self.inflight and self._completions_waiting():
+                return True
+            if now_ns() >= deadline:
+                return False
+
+    cdef void _adapt_polling(self, long long slept) noexcept nogil:
+        """After a sleep of ``slept`` ns: poll longer next time if the work came within the longest window,
+        shorter if not."""
+        if slept <= self.poll_max_ns:
+            self.poll_ns = min(self.poll_max_ns, max(2 * self.poll_ns, 1000))
+        else:
+            self.poll_ns //= 2
+
+    cdef bint _completions_waiting(self) noexcept nogil:
+        cdef bint waiting
+        if self.mode == AIO_URING:
+            return vring_uring_ready(self.uring) != 0
+        if self.mode == AIO_THREADS:
+            pthread_mutex_lock(&self.io.lock)
+            waiting = self.io.completed != NULL
+            pthread_mutex_unlock(&self.io.lock)
+            return waiting
+        return False
 
     cdef int _unreported_failure(self) noexcept nogil:
         """The position of a ring found malformed and not yet returned by run (now marked returned), or -1."""

@@ -17,6 +17,9 @@ from .image import SECTOR, ImageError
 AIO_MODES = ("io_uring", "threads", "sync")
 CACHE_MODES = ("writeback", "none")
 AIO_DESCRIPTIONS = {"io_uring": "io_uring", "threads": "a thread pool", "sync": "synchronous I/O"}
+# The longest the C executor, run dry, looks at its rings before sleeping (adapted below it): longer than a wake-up
+# from poll() on an idle machine (tens of microseconds), so that a driver answering at once costs neither side one.
+EXECUTOR_POLL_SECONDS = 200e-6
 
 
 def c_engine() -> ModuleType | None:
@@ -91,4 +94,5 @@ def make_executor(device: Any, rings: Sequence[tuple[int, Any, int, int]], stop_
                             writeback=bool(device.writeback),
                             align=direct_alignment(device.logical_block_size) if direct else 0,
                             serial=device.serial, aio=device.aio, stop_fd=stop_fd,
-                            punch_holes=not device.is_block_device, notice=notice, zero_fd=device.fd)
+                            punch_holes=not device.is_block_device, notice=notice, zero_fd=device.fd,
+                            poll_ns=int(EXECUTOR_POLL_SECONDS * 1e9))
