@@ -10,6 +10,9 @@ cdef extern from "<sys/uio.h>" nogil:
     enum: RWF_NOWAIT
     ssize_t pwritev2(int fd, const iovec *iov, int n, long offset, int flags)
 
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
 cdef extern from "<poll.h>" nogil:
     struct pollfd:
         int fd
