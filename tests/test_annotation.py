@@ -74,7 +74,7 @@ NOGIL_FUNCTIONS = {
     # posix.pxi
     "peer_eventfd_take", "peer_eventfd_signal",
     # blk_worker.pxi
-    "_serve_loop", "_look_briefly", "_adapt_polling", "_completions_waiting", "_unreported_failure", "_arm_rings", "_disarm_ring", "_pop_ring", "_answer", "_tell", "_issue",
+    "_serve_loop", "_look_briefly", "_adapt_polling", "_unreported_failure", "_arm_rings", "_disarm_ring", "_pop_ring", "_answer", "_tell", "_issue",
     "_submit_uring", "_reap_completions", "_complete_io", "_finish_answered", "_publish_rings",
     # blk_client.pxi
     "pattern_word", "pattern_fill", "pattern_check", "stream_add", "stream_reap", "stream_wait", "stream_loop",

@@ -55,7 +55,6 @@ cdef extern from "_cring/uring.h" nogil:
     int vring_uring_fdatasync(vring_uring *ring, int fd, uint64_t data)
     int vring_uring_submit(vring_uring *ring)
     int vring_uring_reap(vring_uring *ring, uint64_t *data, int *res)
-    unsigned vring_uring_ready(vring_uring *ring)
 
 cdef enum:
     AIO_SYNC = 0                     # preadv / pwritev in the worker's own loop

@@ -32,7 +32,7 @@ cdef class BlkWorker:
     (default ``fd``), ``size`` its bytes; ``serial`` is what GET_ID answers;
     ``punch_holes`` is false for a block device (discard and write-zeroes then write zeros, as BlkDevice does).
     ``aio`` is a BLK_AIO_MODES key. ``run`` serves until ``stop_fd`` is readable (see its docstring).
-    ``poll_ns``: how long at most the loop, run dry, keeps looking at the rings and the I/O completions
+    ``poll_ns``: how long at most the loop, run dry with no I/O in flight, keeps looking at the rings
     (notifications still off) before it sleeps in poll(); 0 sleeps at once. Within that, the window adapts, as
     QEMU's adaptive polling: it doubles after a sleep shorter than ``poll_ns`` (the work came soon: looking
     longer would have caught it without a wake-up) and halves after a longer one. ``notice(kind, position, head, value)``, if given, is called (with the GIL, from the loop) for what a
@@ -243,7 +243,7 @@ cdef class BlkWorker:
                 return -1
             if progress:
                 continue
-            if not self.stopping and self._look_briefly():
+            if not self.stopping and self.inflight == 0 and self._look_briefly():
                 continue  # a driver that keeps its ring busy needs no kick, and we need no wake-up
             if not self.stopping and self._arm_rings():
                 continue  # the driver added chains while we were deciding to sleep
@@ -270,7 +270,8 @@ cdef class BlkWorker:
                 if errno != EINTR:
                     poll(NULL, 0, 10)  # ENOMEM, say: look at every ring again shortly, never spin
                 continue
-            self._adapt_polling(now_ns() - slept)
+            if self.inflight == 0:  # a wait for the driver (one for the disk says nothing of it)
+                self._adapt_polling(now_ns() - slept)
             if self.fds[0].revents and self.mode == AIO_THREADS:
                 c_read(self.io.done_fd, &count, 8)
             if not self.stopping:
@@ -285,9 +286,9 @@ cdef class BlkWorker:
                         nfds += 1
 
     cdef bint _look_briefly(self) noexcept nogil:
-        """Look at the rings and the completions for up to ``poll_ns`` before sleeping: True as soon as there is
-        work. A wake-up from poll() costs tens of microseconds on an idle machine; this is what keeps a ring
-        with one request at a time from paying it on every request."""
+        """Look at the rings for up to ``poll_ns`` before sleeping (with no I/O in flight: a wait for the disk
+        is not worth a CPU), True as soon as there is work. A wake-up from poll() costs tens of microseconds on
+        an idle machine; this is what keeps a ring with one request at a time from paying it on every request."""
         cdef int i
         cdef long long deadline
         if self.poll_ns == 0:
@@ -297,8 +298,6 @@ cdef class BlkWorker:
             for i in range(self.nrings):
                 if not self.rings[i].broken and dev_avail_pending(self.rings[i].q):
                     return True
-            if self.inflight and self._completions_waiting():
-                return True
             if now_ns() >= deadline:
                 return False
             sched_yield()  # a thread of the driver's waiting for this CPU gets it (then the look costs nothing)
@@ -310,17 +309,6 @@ cdef class BlkWorker:
             self.poll_ns = min(self.poll_max_ns, max(2 * self.poll_ns, 1000))
         else:
             self.poll_ns //= 2
-
-    cdef bint _completions_waiting(self) noexcept nogil:
-        cdef bint waiting
-        if self.mode == AIO_URING:
-            return vring_uring_ready(self.uring) != 0
-        if self.mode == AIO_THREADS:
-            pthread_mutex_lock(&self.io.lock)
-            waiting = self.io.completed != NULL
-            pthread_mutex_unlock(&self.io.lock)
-            return waiting
-        return False
 
     cdef int _unreported_failure(self) noexcept nogil:
         """The position of a ring found malformed and not yet returned by run (now marked returned), or -1."""

@@ -95,12 +95,6 @@ static inline int vring_uring_reap(vring_uring *ring, uint64_t *data, int *res)
     return 1;
 }
 
-/* How many completions wait to be reaped (a look at the completion ring, no system call). */
-static inline unsigned vring_uring_ready(vring_uring *ring)
-{
-    return io_uring_cq_ready(ring);
-}
-
 #else /* built without liburing */
 
 #define VRING_URING_BUILT 0
@@ -137,8 +131,6 @@ static inline int vring_uring_reap(vring_uring *ring, uint64_t *data, int *res)
     (void)ring, (void)data, (void)res;
     return 0;
 }
-
-static inline unsigned vring_uring_ready(vring_uring *ring) { (void)ring; return 0; }
 
 #endif
 #endif
