@@ -182,12 +182,14 @@ class VhostUserBackend:
         """One connection attempt. Non-blocking: a front-end whose listen backlog is full refuses at once
         (EAGAIN) instead of holding this thread."""
         self.last_dial = time.monotonic()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
+        sock: socket.socket | None = None
+        try:  # the socket too: out of fds (EMFILE) is one more reason to retry, not a crash
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
             sock.connect(self.path)
         except OSError as exc:
-            sock.close()
+            if sock is not None:
+                sock.close()
             raise self._connect_error(exc) from None
         sock.setblocking(True)
         if self.dial_failure is not None:
