@@ -10,7 +10,9 @@ slow, same checks). Every status byte is checked; reads are checked against the 
 from __future__ import annotations
 
 import errno
+import math
 import os
+import select
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ import numpy as np
 from .._features import Feature
 from .._twin import ENGINE
 from ..devices.blk import HEADER, S_OK, STATUS_NAMES, T_IN, T_OUT
-from ..notify import RingError, wait_for_used
+from ..notify import read_eventfd
 from .blk_pattern import SECTOR, first_difference, pattern
 
 if TYPE_CHECKING:
@@ -248,9 +250,36 @@ def _python_stream(driver: Any, area: int, kick: int, call: int, sectors: np.nda
         if added == done:
             code, req, sector, detail, got, want = failure or (DONE, 0, 0, 0, 0, 0)
             return code, done, peak, req, sector, detail, got, want
+        if driver.enable_interrupts():  # re-armed, and something came meanwhile: no sleep
+            continue
+        waited = _wait_call(call, deadline)
+        if waited is not None:  # as the C loop: this code replaces one met before (an FD's errno its detail too)
+            code, error = waited
+            _, req, sector, detail, got, want = failure or (DONE, 0, 0, 0, 0, 0)
+            return code, done, peak, req, sector, error if code == FD else detail, got, want
+
+
+def _wait_call(call: int, deadline: float) -> tuple[int, int] | None:
+    """Sleep on the call eventfd until the device may have returned something (None), as ``stream_wait`` of the
+    C loop: TIMEOUT past ``deadline``; FD with an errno for an fd that is closed (EBADF), broken (EIO) or fails
+    to read, which poll() would otherwise report ready at once, again and again."""
+    poller = select.poll()
+    poller.register(call, select.POLLIN)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return TIMEOUT, 0
         try:
-            wait_for_used([driver], [call], deadline)
-        except RingError:
-            return TIMEOUT, done, peak, 0, 0, 0, 0, 0
+            ready = poller.poll(math.ceil(left * 1000))
         except OSError as exc:
-            return FD, done, peak, 0, 0, exc.errno or errno.EIO, 0, 0
+            return FD, exc.errno or errno.EIO
+        if not ready:
+            continue
+        revents = ready[0][1]
+        if revents & (select.POLLERR | select.POLLNVAL | select.POLLHUP):
+            return FD, errno.EBADF if revents & select.POLLNVAL else errno.EIO
+        try:
+            read_eventfd(call)
+        except OSError as exc:
+            return FD, exc.errno or errno.EIO
+        return None
