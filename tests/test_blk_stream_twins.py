@@ -61,3 +61,55 @@ def test_a_call_fd_that_cannot_be_waited_on_fails_at_once(twin_loop, make_call, 
             os.close(call)
     assert result == (blk_stream.FD, 0, 4, 0, 0, detail, 0, 0)
     assert seconds < 1
+
+
+def test_indirect_requests_fill_the_ring(twin_loop):
+    """With indirect descriptors a request takes one ring slot: depth 16 on 16 slots puts 16 in flight."""
+    twin, loop = twin_loop
+    mem = twin.GuestMemory()
+    mem.add_region(0x10000, bytearray(1 << 20))
+    features = vring.Feature.VERSION_1 | vring.Feature.INDIRECT_DESC
+    driver = vring.create_driver_queue(mem, vring.contiguous_layout(features, 16, 0x10000), features, twin=twin,
+                                       indirect_area=0x60000)
+    kick, call = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+    result, _ = run(loop, driver, 0x80000, kick, call, depth=16, timeout=0.2,
+                    sectors=np.arange(32, dtype=np.uint64) * 8)
+    assert result[:3] == (blk_stream.TIMEOUT, 0, 16)
+
+
+def test_a_saturated_kick_is_no_failure(twin_loop):
+    """A kick eventfd whose counter is full (EAGAIN): the device has a kick pending anyway."""
+    twin, loop = twin_loop
+    _mem, _layout, driver, kick, call, area = bare_ring(twin)
+    os.eventfd_write(kick, EVENTFD_MAX)
+    result, _ = run(loop, driver, area, kick, call, timeout=0.2)
+    assert result[:3] == (blk_stream.TIMEOUT, 0, 4)
+
+
+def test_a_closed_kick_fd_is_an_fd_failure(twin_loop):
+    twin, loop = twin_loop
+    _mem, _layout, driver, _kick, call, area = bare_ring(twin)
+    result, _ = run(loop, driver, area, closed_fd(), call)
+    assert result == (blk_stream.FD, 0, 4, 0, 0, errno.EBADF, 0, 0)
+
+
+def test_a_queue_with_requests_in_flight_is_refused(twin_loop):
+    twin, loop = twin_loop
+    _mem, _layout, driver, kick, call, area = bare_ring(twin)
+    driver.add([], [(0x90000, 16)], token="someone else's")
+    with pytest.raises(ValueError, match="^the queue has requests in flight: blk_stream needs it to itself$"):
+        run(loop, driver, area, kick, call)
+
+
+@pytest.mark.parametrize("block,depth,latencies,message", [
+    (4000, 4, 8, "the block size must be a non-zero multiple of 512, not 4000"),
+    (0, 4, 8, "the block size must be a non-zero multiple of 512, not 0"),
+    (4096, 0, 8, "depth must be from 1 to the queue size 16, not 0"),
+    (4096, 17, 8, "depth must be from 1 to the queue size 16, not 17"),
+    (4096, 4, 7, "latencies must be a writable contiguous int64 array as long as sectors"),
+])
+def test_bad_arguments_are_refused_alike(twin_loop, block, depth, latencies, message):
+    twin, loop = twin_loop
+    _mem, _layout, driver, kick, call, area = bare_ring(twin)
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        loop(driver, area, kick, call, SECTORS, np.zeros(latencies, np.int64), False, 0, block, depth, True, 5.0)
