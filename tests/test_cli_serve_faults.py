@@ -66,3 +66,33 @@ def test_out_of_fds_on_a_redial_is_retried_and_logged_once(image, tmp_path):
             resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
         listener.close()
         stop_cleanly(proc, log)
+
+
+# Runs `vring ARGS` with SIGTERM arriving while the main thread holds the lock of the stop event (as inside its
+# own stop_event.set() in close()): a handler that took that lock would wait for itself forever.
+SIGNAL_UNDER_THE_LOCK = """
+import os, signal, sys
+from vring.cli import main
+from vring.vhost_user.server import VhostUserBackend
+serve_forever = VhostUserBackend.serve_forever
+def signalled_under_the_lock(self):
+    with self.stop_event._cond:  # what Event.set() holds
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # the handler runs between two of these
+            pass
+        print("handled under the lock", file=sys.stderr, flush=True)
+    serve_forever(self)
+VhostUserBackend.serve_forever = signalled_under_the_lock
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_signal_while_the_stop_event_is_locked_stops_the_server(tmp_path):
+    sock = tmp_path / "s.sock"
+    done = subprocess.run([sys.executable, "-c", SIGNAL_UNDER_THE_LOCK, "serve", "rng", "--socket", str(sock), "-v"],
+                          capture_output=True, text=True, timeout=30, env=ENV)
+    assert done.returncode == 0, done.stderr
+    assert "handled under the lock" in done.stderr
+    assert "signal 15: stopping" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not sock.exists()
