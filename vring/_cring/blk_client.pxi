@@ -3,7 +3,7 @@
 # the data's per-sector pattern, record the latency. One call runs one queue; it releases the GIL throughout, so
 # two queues on two threads use two cores.
 
-from libc.errno cimport errno, EINTR, EAGAIN
+from libc.errno cimport errno, EINTR, EAGAIN, EBADF, EIO
 
 cdef enum:
     BLK_SLOT_META = 32               # per slot: the header, then the status byte at +16
@@ -15,7 +15,8 @@ cdef enum:
     STREAM_STATUS = 1                # a request completed with a status other than OK
     STREAM_DATA = 2                  # a read returned bytes other than the pattern
     STREAM_TIMEOUT = 3               # nothing completed for the timeout
-    STREAM_FD = 4                    # writing the kick or polling the call eventfd failed (errno)
+    STREAM_FD = 4                    # writing the kick, or polling or reading the call eventfd, failed (errno;
+                                     # EBADF: the call fd is closed, EIO: it is hung up or in error)
     STREAM_ADD = 5                   # drv_add refused a request (an ADD_* code)
     STREAM_USED = 6                  # the device broke the used ring (a CHECK_USED_* code)
 
@@ -199,7 +200,17 @@ cdef inline int stream_wait(BlkStream *s) noexcept nogil:
         pfd.revents = 0
         r = poll(&pfd, 1, <int>((left + 999999) // 1000000))
         if r > 0:
-            c_read(s.call_fd, &count, 8)  # drain it (non-blocking: a racing reader leaves EAGAIN, harmless)
+            # A closed (POLLNVAL) or broken fd stays "ready": polling it again would spin until the timeout.
+            if pfd.revents & (POLLERR | POLLNVAL | POLLHUP):
+                s.failure = STREAM_FD
+                s.detail = EBADF if pfd.revents & POLLNVAL else EIO
+                return -1
+            # Drain it (non-blocking: a racing reader leaves EAGAIN, harmless); a read that fails otherwise
+            # would fail at every wake-up.
+            if c_read(s.call_fd, &count, 8) < 0 and errno != EAGAIN and errno != EINTR:
+                s.failure = STREAM_FD
+                s.detail = <uint64_t>errno
+                return -1
             return 0
         if r < 0 and errno != EINTR:
             s.failure = STREAM_FD

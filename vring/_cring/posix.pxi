@@ -21,6 +21,9 @@ cdef extern from "<poll.h>" nogil:
     int poll(pollfd *fds, unsigned long n, int timeout)
     enum: POLLIN
     enum: POLLOUT
+    enum: POLLERR
+    enum: POLLHUP
+    enum: POLLNVAL
 
 cdef extern from "<sys/eventfd.h>" nogil:
     int eventfd(unsigned int initval, int flags)

@@ -188,8 +188,8 @@ def run(args: argparse.Namespace) -> int:
         backend = VhostUserBackend(factory, args.socket or args.connect or "")
 
         def stop(signum, _frame):
-            logging.getLogger("vring").info("signal %d: stopping", signum)
-            backend.stop()
+            # No lock here, not even logging's: this may interrupt the main thread while it holds one.
+            backend.stop_from_signal(signum)
 
         # Before the socket exists: a supervisor may signal us as soon as it sees the socket, and the server must
         # then stop cleanly (and remove its socket), not die of the signal's default action.

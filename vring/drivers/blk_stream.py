@@ -10,7 +10,9 @@ slow, same checks). Every status byte is checked; reads are checked against the 
 from __future__ import annotations
 
 import errno
+import math
 import os
+import select
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._errors import broken_error
 from .._features import Feature
 from .._twin import ENGINE
 from ..devices.blk import HEADER, S_OK, STATUS_NAMES, T_IN, T_OUT
-from ..notify import RingError, wait_for_used
+from ..notify import read_eventfd
 from .blk_pattern import SECTOR, first_difference, pattern
 
 if TYPE_CHECKING:
@@ -202,7 +205,19 @@ def _python_stream(driver: Any, area: int, kick: int, call: int, sectors: np.nda
                    stop_at: float = 0.0) -> tuple[int, int, int, int, int, int, int, int]:
     """The loop of ``vring._cring.blk_stream`` in Python, for the pure-Python twin: same slots, same checks,
     same results."""
+    if block <= 0 or block % SECTOR:
+        raise ValueError(f"the block size must be a non-zero multiple of {SECTOR}, not {block}")
+    if not 1 <= depth <= driver.size:
+        raise ValueError(f"depth must be from 1 to the queue size {driver.size}, not {depth}")
+    if not (latencies.dtype == np.int64 and latencies.flags.c_contiguous and latencies.flags.writeable
+            and len(latencies) >= len(sectors)):
+        raise ValueError("latencies must be a writable contiguous int64 array as long as sectors")
+    if driver.num_free != driver.size:
+        raise ValueError("the queue has requests in flight: blk_stream needs it to itself")
+    if driver.broken:  # the driver may be either twin's: its public attributes only
+        raise broken_error("driver", driver.error)
     mem = driver.mem
+    needed = _descriptors_needed(driver, 3)
     meta = area + block * depth
     free = list(range(depth - 1, -1, -1))
     started: dict[int, tuple[int, int, int]] = {}  # slot -> (request, sector, start ns)
@@ -210,7 +225,7 @@ def _python_stream(driver: Any, area: int, kick: int, call: int, sectors: np.nda
     failure: tuple[int, int, int, int, int, int] | None = None  # code, request, sector, detail, got, want
     deadline = time.monotonic() + timeout  # moved on by every completion
     while True:
-        while (failure is None and added < len(sectors) and free and driver.num_free >= 3
+        while (failure is None and added < len(sectors) and free and driver.num_free >= needed
                and not (stop_at and time.monotonic() >= stop_at)):
             slot = free.pop()
             sector = int(sectors[added])
@@ -225,7 +240,13 @@ def _python_stream(driver: Any, area: int, kick: int, call: int, sectors: np.nda
             added += 1
         peak = max(peak, added - done)
         if driver.kick_needed():
-            os.eventfd_write(kick, 1)
+            try:
+                os.eventfd_write(kick, 1)
+            except BlockingIOError:  # the counter is full: the device has a kick pending anyway
+                pass
+            except OSError as exc:  # as the C loop: the failure already met, else this one; nothing drained
+                code, req, sector, detail, got, want = failure or (FD, 0, 0, exc.errno or errno.EIO, 0, 0)
+                return code, done, peak, req, sector, detail, got, want
         reaped = driver.pop_used()
         for slot, _written in reaped:
             req, sector, t0 = started.pop(slot)
@@ -248,9 +269,44 @@ def _python_stream(driver: Any, area: int, kick: int, call: int, sectors: np.nda
         if added == done:
             code, req, sector, detail, got, want = failure or (DONE, 0, 0, 0, 0, 0)
             return code, done, peak, req, sector, detail, got, want
+        if driver.enable_interrupts():  # re-armed, and something came meanwhile: no sleep
+            continue
+        waited = _wait_call(call, deadline)
+        if waited is not None:  # as the C loop: this code replaces one met before (an FD's errno its detail too)
+            code, error = waited
+            _, req, sector, detail, got, want = failure or (DONE, 0, 0, 0, 0, 0)
+            return code, done, peak, req, sector, error if code == FD else detail, got, want
+
+
+def _descriptors_needed(driver: Any, nseg: int) -> int:
+    """The free descriptors a chain of ``nseg`` buffers takes: 1 if it goes in an indirect table (as the
+    engine's ``drv_needed``)."""
+    indirect = (driver.features & Feature.INDIRECT_DESC and driver.indirect_area is not None
+                and driver.indirect_threshold <= nseg <= driver.indirect_max)
+    return 1 if indirect else nseg
+
+
+def _wait_call(call: int, deadline: float) -> tuple[int, int] | None:
+    """Sleep on the call eventfd until the device may have returned something (None), as ``stream_wait`` of the
+    C loop: TIMEOUT past ``deadline``; FD with an errno for an fd that is closed (EBADF), broken (EIO) or fails
+    to read, which poll() would otherwise report ready at once, again and again."""
+    poller = select.poll()
+    poller.register(call, select.POLLIN)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return TIMEOUT, 0
         try:
-            wait_for_used([driver], [call], deadline)
-        except RingError:
-            return TIMEOUT, done, peak, 0, 0, 0, 0, 0
+            ready = poller.poll(math.ceil(left * 1000))
         except OSError as exc:
-            return FD, done, peak, 0, 0, exc.errno or errno.EIO, 0, 0
+            return FD, exc.errno or errno.EIO
+        if not ready:
+            continue
+        revents = ready[0][1]
+        if revents & (select.POLLERR | select.POLLNVAL | select.POLLHUP):
+            return FD, errno.EBADF if revents & select.POLLNVAL else errno.EIO
+        try:
+            read_eventfd(call)
+        except OSError as exc:
+            return FD, exc.errno or errno.EIO
+        return None

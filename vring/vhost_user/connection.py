@@ -11,6 +11,7 @@ a message about the device quiesces them all. Read-only requests leave the worke
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -84,6 +85,8 @@ class Connection:
             log.error("%s: protocol error, closing the connection: %s", self.name, exc)
         except OSError as exc:
             log.error("%s: connection failed: %s", self.name, exc)
+        except RuntimeError as exc:  # a worker's thread cannot start ("can't start new thread")
+            log.error("%s: closing the connection: %s", self.name, exc)
         finally:
             self.close()
 
@@ -96,9 +99,20 @@ class Connection:
             self._quiesce_workers(group)
         try:
             reply = self.handler.handle(msg)
-        finally:
+        except BaseException:
+            self._discard_reply_fds()
             if group is not None:
-                self._start_workers(group)  # even after a protocol error: close() then quiesces them in order
+                # Even after a protocol error (close() then quiesces them in order); its failure is not the one
+                # to report, and the connection closes anyway.
+                with contextlib.suppress(Exception):
+                    self._start_workers(group)
+            raise
+        if group is not None:
+            try:
+                self._start_workers(group)
+            except BaseException:
+                self._discard_reply_fds()  # a reply never to be sent (GET_INFLIGHT_FD's memfd)
+                raise
         if reply is not None:
             fds = self.handler.take_reply_fds()
             try:
@@ -106,6 +120,10 @@ class Connection:
             finally:
                 for fd in fds:  # the peer has its own copy now
                     os.close(fd)
+
+    def _discard_reply_fds(self) -> None:
+        for fd in self.handler.take_reply_fds():
+            os.close(fd)
 
     def _start_workers(self, group: int) -> None:
         """Start the workers of ``group`` (or of every group: ``_ALL``) for its rings that run."""

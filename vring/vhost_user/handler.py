@@ -91,9 +91,11 @@ class Handler:
         return [Vring(i, self.device, self.name) for i in range(self.device.num_queues)]
 
     def close(self) -> None:
-        """The session is over: close the rings' eventfds, unmap the memory and the inflight buffer and close the
-        device."""
+        """The session is over: close the fds of a reply never sent and the rings' eventfds, unmap the memory and
+        the inflight buffer and close the device."""
         try:
+            for fd in self.take_reply_fds():
+                os.close(fd)
             for vring in self.vrings:
                 vring.close()
             self.memory.close()

@@ -64,7 +64,8 @@ class VhostUserBackend:
     def __init__(self, device_factory: Callable[[], VirtioDevice], path: str) -> None:
         self.device_factory = device_factory
         self.path = path
-        self.stop_event = threading.Event()
+        self.stop_event = threading.Event()  # set: the connections' threads stop
+        self.stop_signal: int | None = None  # the signal stop_from_signal was called for
         self.threads: list[threading.Thread] = []
         self.listener: socket.socket | None = None
         self.socket_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket file we bound
@@ -182,12 +183,14 @@ class VhostUserBackend:
         """One connection attempt. Non-blocking: a front-end whose listen backlog is full refuses at once
         (EAGAIN) instead of holding this thread."""
         self.last_dial = time.monotonic()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
+        sock: socket.socket | None = None
+        try:  # the socket too: out of fds (EMFILE) is one more reason to retry, not a crash
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
             sock.connect(self.path)
         except OSError as exc:
-            sock.close()
+            if sock is not None:
+                sock.close()
             raise self._connect_error(exc) from None
         sock.setblocking(True)
         if self.dial_failure is not None:
@@ -218,14 +221,14 @@ class VhostUserBackend:
     def _next_dialled(self) -> socket.socket | None:
         """The next connection to the front-end, retrying as ``connect`` says; None once stopped."""
         assert self.reconnect_delay is not None
-        while not self.stop_event.is_set():
+        while not self._stopping():
             if self.dialled is not None:
                 sock, self.dialled = self.dialled, None
                 return sock
             if not self.reconnect_delay:  # no retry: the one connection was served
                 return None
             self._pause(self.last_dial + self.reconnect_delay - time.monotonic())
-            if self.stop_event.is_set():
+            if self._stopping():
                 return None
             try:
                 self.dialled = self._dial()
@@ -240,16 +243,16 @@ class VhostUserBackend:
                 if sock is None:
                     return
                 thread = self._start_connection(sock)
-                while thread is not None and thread.is_alive() and not self.stop_event.is_set():
+                while thread is not None and thread.is_alive() and not self._stopping():
                     thread.join(0.1)
         finally:
             self.close()
 
     def _pause(self, seconds: float) -> None:
-        """Sleep up to ``seconds``, ending early on stop. In slices, not stop_event.wait(): that holds a lock in
-        Python code, which a signal handler calling stop() on this same thread would wait for forever."""
+        """Sleep up to ``seconds``, ending early on stop. In slices, not stop_event.wait(): a signal's stop
+        (``stop_from_signal``) sets no event."""
         end = time.monotonic() + seconds
-        while not self.stop_event.is_set() and (left := end - time.monotonic()) > 0:
+        while not self._stopping() and (left := end - time.monotonic()) > 0:
             time.sleep(min(left, 0.1))
 
     # -- serving -------------------------------------------------------------------------------------------
@@ -261,7 +264,7 @@ class VhostUserBackend:
         if self.listener is None:
             self.listen()
         try:
-            while not self.stop_event.is_set():
+            while not self._stopping():
                 sock = self._accept()
                 if sock is not None:
                     self._start_connection(sock)
@@ -277,7 +280,7 @@ class VhostUserBackend:
         except socket.timeout:
             return None
         except OSError as exc:
-            if self.stop_event.is_set():
+            if self._stopping():
                 return None
             if exc.errno not in _OUT_OF_RESOURCES:
                 raise
@@ -328,9 +331,21 @@ class VhostUserBackend:
         return thread
 
     def stop(self) -> None:
+        """Stop serving (from another thread; a signal handler calls ``stop_from_signal``)."""
         self.stop_event.set()
 
+    def stop_from_signal(self, signum: int) -> None:
+        """``stop`` for a signal handler: a plain store, no lock. The handler may run on the serving thread while
+        it is inside ``stop_event.set()`` (close()), whose lock is not reentrant: taking it there would deadlock.
+        The serving loop looks at this at least every half second and stops the rest."""
+        self.stop_signal = signum
+
+    def _stopping(self) -> bool:
+        return self.stop_signal is not None or self.stop_event.is_set()
+
     def close(self) -> None:
+        if self.stop_signal is not None:
+            log.info("signal %d: stopping", self.stop_signal)
         self.stop_event.set()
         if self.dialled is not None:
             self.dialled.close()
