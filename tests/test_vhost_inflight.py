@@ -111,9 +111,11 @@ def _stop_with_requests_in_flight(proc, front: Frontend, queues: int, busy, trie
 
 
 def _kill_and_recover(tmp_path: Path, backend, *, packed: bool, queues: int, kills: int,
-                      rounds: int) -> list[tuple[int, int]]:
+                      rounds: int, until_resubmitted: int = 0) -> list[tuple[int, int]]:
     """The recovery run against ``backend`` (a context manager like vring_blk); returns, for each kill, the
-    requests the record held in flight and those the next back-end said it resubmitted."""
+    requests the record held in flight and those the next back-end said it resubmitted. After ``kills``, it
+    goes on killing, up to ``until_resubmitted`` kills in all, until one left a request to resubmit (a kill can
+    land after a batch completed and before its flags were cleared: the record then holds nothing to redo)."""
     image, original = _image(tmp_path)
     sock = tmp_path / "blk.sock"
     ops = _ops(rounds)
@@ -133,7 +135,12 @@ def _kill_and_recover(tmp_path: Path, backend, *, packed: bool, queues: int, kil
 
         worker = threading.Thread(target=run, daemon=True)
         worker.start()
-        while len(kills_seen) < kills and worker.is_alive():
+        def more() -> bool:
+            if len(kills_seen) < kills:
+                return True
+            return len(kills_seen) < until_resubmitted and not any(redone for _, redone in kills_seen)
+
+        while more() and worker.is_alive():
             counts = _stop_with_requests_in_flight(proc, front, queues, worker.is_alive)
             if counts is None:
                 break
@@ -170,7 +177,8 @@ def _kill_and_recover(tmp_path: Path, backend, *, packed: bool, queues: int, kil
 @pytest.mark.parametrize("ring", ["split", "packed"])
 def test_sigkill_with_requests_in_flight_loses_none_and_repeats_none(tmp_path, monkeypatch, twin_name, queues, ring):
     monkeypatch.setenv("VRING_PUREPYTHON", "1" if twin_name == "python" else "0")  # the back-end's twin
-    kills = _kill_and_recover(tmp_path, vring_blk, packed=ring == "packed", queues=queues, kills=2, rounds=8)
+    kills = _kill_and_recover(tmp_path, vring_blk, packed=ring == "packed", queues=queues, kills=2, rounds=12,
+                              until_resubmitted=6)
     print(f"\n{ring}, {queues} queue(s), {twin_name} back-end: (in flight, resubmitted) at each kill: {kills}")
     assert kills and max(k[1] for k in kills) > 0, f"no kill left a request to resubmit: {kills}"
 
