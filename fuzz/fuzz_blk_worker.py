@@ -37,6 +37,7 @@ QUEUE_SIZE = 16
 MAX_SEGMENT = 0x100
 NEXT, WRITE, AVAIL, USED = 1, 2, 1 << 7, 1 << 15
 GARBAGE = 0xEE  # what the writable buffers hold before the device answers
+ROUND = harness.CYTHON.BLK_EXECUTOR_POP_ROUND  # the chains the executor pops from a ring per round of its loop
 logging.getLogger("vring").setLevel(logging.CRITICAL)  # the device logs every malformed request
 
 scratch = tempfile.TemporaryDirectory(prefix="vring-fuzz-blk-worker-")
@@ -140,15 +141,18 @@ def serve_c(ring: Ring, device: Any, features: int, record: bool) -> None:
 
 
 def serve_python(ring: Ring, device: Any, features: int, record: bool) -> None:
-    """Pop every chain, then answer and push each in order: the executor's round (so that an inflight record, whose
-    free list a push changes, comes out the same)."""
+    """In the executor's rounds: pop up to its round's chains, then answer and push each in order, until the ring
+    is empty (so that an inflight record, whose free list a push changes, comes out the same)."""
     queue = device_queue(ring, features, record)
-    chains = []
-    while (chain := timed(queue.pop)) is not None:
-        chains.append(chain)
-    for chain in chains:
-        written = timed(device.handle, 0, chain)
-        timed(queue.push, chain.head, written)
+    while True:
+        chains = []
+        while len(chains) < ROUND and (chain := timed(queue.pop)) is not None:
+            chains.append(chain)
+        if not chains:
+            return
+        for chain in chains:
+            written = timed(device.handle, 0, chain)
+            timed(queue.push, chain.head, written)
 
 
 def check_answers(ring: Ring, image_before: bytes, image_after: bytes) -> None:

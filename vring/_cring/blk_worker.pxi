@@ -10,6 +10,7 @@ cdef enum:
     # the rest are served, instead of a whole ring's worth answered at once. 8 measured best here: 4 doubled the
     # 1x32 IOPS again but lost the second queue's gain, 32 left the driver waiting (bench/blk_matrix.py).
     BLK_POP_ROUND = 8
+BLK_EXECUTOR_POP_ROUND = BLK_POP_ROUND  # for a model of the loop (fuzz/fuzz_blk_worker.py pops in these rounds)
 
 ctypedef struct BlkRing:
     DevQueue *q
